@@ -1,0 +1,161 @@
+"""Limited-memory "good" Broyden's method for fixed points, with restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jiio_jax.solvers import _base
+from jiio_jax.solvers._base import PyTree, Solution
+
+FULL_MEMORY_POLICIES = ("restart", "ring")
+
+
+class BroydenHistory(NamedTuple):
+    """Low-rank inverse-Jacobian model ``H = -I + U^T V`` of ``g(x) = f(x) - x``.
+
+    Attributes:
+      u: ``[L, n]`` rank-one factors ``u_j`` (rows; zero when unused).
+      v: ``[L, n]`` rank-one factors ``v_j``.
+      direction: ``[n]``; the next step ``p = -H g`` at the current point, kept so each
+        iteration needs four ``[L, n]`` matrix-vector products instead of six.
+    """
+
+    u: jax.Array
+    v: jax.Array
+    direction: jax.Array
+
+
+class _Broyden:
+    def __init__(self, memory: int, full_memory: str):
+        self.memory, self.full_memory = memory, full_memory
+
+    def init(self, x0, g0):
+        m, n = self.memory, x0.shape[0]
+        zeros = jnp.zeros((m, n), x0.dtype)
+        # H0 = -I, so the first step p = -H0 g = g is one plain fixed-point step.
+        return BroydenHistory(zeros, zeros, g0)
+
+    def propose(self, hist, x, g, k):
+        return x + hist.direction
+
+    def observe(self, hist, x, g, x_new, g_new, k):
+        j = k - 1  # index of this update
+        slot = j % self.memory
+        u, v = hist.u, hist.v
+        if self.full_memory == "restart":
+            # Memory full: forget the model (H = -I) rather than overwrite the oldest term;
+            # dropping one term of a Sherman-Morrison chain leaves an inconsistent H that went
+            # NaN in float32 in jaxopt's ring buffer.
+            full = (slot == 0) & (j > 0)
+            u = jnp.where(full, 0.0, u)
+            v = jnp.where(full, 0.0, v)
+        dx = x_new - x
+        dg = g_new - g
+        h_gnew = -g_new + (v @ g_new) @ u  # H g_new
+        h_dg = h_gnew + dx  # H dg = H g_new - H g, and -H g = dx (unit step)
+        vt = -dx + (u @ dx) @ v  # dx^T H
+        denom = vt @ dg
+        u_new = (dx - h_dg) / denom
+        ok = jnp.isfinite(denom) & (denom != 0) & jnp.all(jnp.isfinite(u_new))
+        ok &= jnp.all(jnp.isfinite(vt))
+        u_new = jnp.where(ok, u_new, 0.0)
+        vt = jnp.where(ok, vt, 0.0)
+        u = u.at[slot].set(u_new)
+        v = v.at[slot].set(vt)
+        # H' = H + u v^T  =>  next step p = -H' g_new = -(H g_new + u (v . g_new)).
+        direction = -(h_gnew + u_new * (vt @ g_new))
+        return BroydenHistory(u, v, direction)
+
+
+def _check_full_memory(full_memory):
+    if full_memory not in FULL_MEMORY_POLICIES:
+        raise ValueError(
+            f"`full_memory` must be one of {FULL_MEMORY_POLICIES}, got {full_memory!r}."
+        )
+
+
+def broyden(
+    fn: Callable[[PyTree], PyTree],
+    z0: PyTree,
+    *,
+    max_steps: int,
+    tol: float,
+    stop_mode: str = "rel",
+    memory: int = 10,
+    full_memory: str = "restart",
+    divergence_ratio: float = 1e4,
+    unroll: bool = False,
+) -> Solution:
+    r"""Solves ``z = fn(z)`` by limited-memory good Broyden on ``g(z) = fn(z) - z = 0``.
+
+    The inverse Jacobian of ``g`` is modelled as :math:`H = -I + \sum_j u_j v_j^\top` (``-I``
+    is exact for ``fn`` constant, and makes the first step a plain fixed-point step). Unit steps,
+    no line search:
+
+    .. math::
+        p_k = -H_k g_k,\quad x_{k+1} = x_k + p_k,\quad
+        H_{k+1} = H_k + \frac{(\Delta x - H_k \Delta g)\,\Delta x^\top H_k}
+                             {\Delta x^\top H_k \Delta g}
+
+    (Sherman-Morrison form of the good Broyden update). Factors live in fixed ``[memory, n]``
+    buffers. Updates whose denominator or factors are not finite or whose denominator is zero
+    are skipped (NaN guard).
+
+    **When memory fills** (``full_memory``): ``"restart"`` (default) clears the buffers and
+    restarts from ``H = -I``, so every model in use is an exact chain of Broyden updates;
+    ``"ring"`` overwrites the oldest factor pair (torchdeq's choice), which keeps more
+    curvature but mixes terms from different chains.
+
+    Args:
+      fn: the map, pytree -> pytree of the same structure, shapes and dtypes (one problem).
+      z0: initial pytree.
+      max_steps: maximum number of evaluations of ``fn``.
+      tol: stop when the stop-mode residual is ``<= tol``.
+      stop_mode: ``"rel"`` or ``"abs"``.
+      memory: number of rank-one updates kept (> 0).
+      full_memory: ``"restart"`` or ``"ring"``, see above.
+      divergence_ratio: end with ``Status.DIVERGED`` when ``||f(z)-z||`` exceeds this multiple
+        of its value at ``z0``.
+      unroll: iterate in a masked ``lax.scan`` (reverse-differentiable).
+
+    Returns:
+      A ``Solution``; ``value`` is the best iterate.
+    """
+    _base.check_common(max_steps, tol, stop_mode, divergence_ratio)
+    memory = _base.check_positive_int("memory", memory)
+    _check_full_memory(full_memory)
+    return _base.run(
+        _Broyden(memory, full_memory),
+        fn,
+        z0,
+        max_steps=max_steps,
+        tol=tol,
+        stop_mode=stop_mode,
+        divergence_ratio=divergence_ratio,
+        unroll=unroll,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Broyden:
+    """Hashable configuration of ``broyden``; ``solver(fn, z0)`` solves."""
+
+    max_steps: int = 50
+    tol: float = 1e-4
+    stop_mode: str = "rel"
+    memory: int = 10
+    full_memory: str = "restart"
+    divergence_ratio: float = 1e4
+
+    def __post_init__(self):
+        _base.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+        _base.check_positive_int("memory", self.memory)
+        _check_full_memory(self.full_memory)
+
+    def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
+        return broyden(fn, z0, unroll=unroll, **dataclasses.asdict(self))

@@ -1,0 +1,94 @@
+"""Damped fixed-point (Picard / Krasnosel'skii-Mann) iteration."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+
+from jiio_jax.solvers import _base
+from jiio_jax.solvers._base import PyTree, Solution
+
+
+class _FPI:
+    def __init__(self, damping: float):
+        self.damping = damping
+
+    def init(self, x0, g0):
+        return ()
+
+    def propose(self, hist, x, g, k):
+        return x + self.damping * g
+
+    def observe(self, hist, x, g, x_new, g_new, k):
+        return hist
+
+
+def fixed_point_iteration(
+    fn: Callable[[PyTree], PyTree],
+    z0: PyTree,
+    *,
+    max_steps: int,
+    tol: float,
+    stop_mode: str = "rel",
+    damping: float = 1.0,
+    divergence_ratio: float = 1e4,
+    unroll: bool = False,
+) -> Solution:
+    r"""Solves ``z = fn(z)`` by damped fixed-point iteration.
+
+    .. math:: z_{k+1} = z_k + \tau\,(f(z_k) - z_k)
+
+    Converges for contractive ``fn`` (and, with ``damping < 1``, for some non-expansive maps).
+
+    Args:
+      fn: the map, pytree -> pytree of the same structure, shapes and dtypes. One problem; use
+        ``jax.vmap`` over the solver for batches.
+      z0: initial pytree (real floating leaves).
+      max_steps: maximum number of evaluations of ``fn`` (> 0).
+      tol: stop when the stop-mode residual is ``<= tol`` (> 0).
+      stop_mode: ``"rel"`` for ``||f(z)-z|| / ||f(z)||`` or ``"abs"`` for ``||f(z)-z||``.
+      damping: :math:`\tau`, in (0, 1] usually.
+      divergence_ratio: end with ``Status.DIVERGED`` once ``||f(z)-z||`` exceeds this multiple
+        of its value at ``z0``.
+      unroll: iterate in a masked ``lax.scan`` (reverse-differentiable, always ``max_steps``)
+        instead of a ``lax.while_loop``.
+
+    Returns:
+      A ``Solution`` whose ``value`` is the best iterate.
+
+    Raises:
+      ValueError: on invalid hyper-parameters or if ``fn`` changes structure/shape/dtype.
+    """
+    _base.check_common(max_steps, tol, stop_mode, divergence_ratio)
+    damping = _base.check_positive_float("damping", damping)
+    return _base.run(
+        _FPI(damping),
+        fn,
+        z0,
+        max_steps=max_steps,
+        tol=tol,
+        stop_mode=stop_mode,
+        divergence_ratio=divergence_ratio,
+        unroll=unroll,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPointIteration:
+    """Hashable configuration of ``fixed_point_iteration``; ``solver(fn, z0)`` solves."""
+
+    max_steps: int = 100
+    tol: float = 1e-4
+    stop_mode: str = "rel"
+    damping: float = 1.0
+    divergence_ratio: float = 1e4
+
+    def __post_init__(self):
+        _base.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+        _base.check_positive_float("damping", self.damping)
+
+    def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
+        return fixed_point_iteration(fn, z0, unroll=unroll, **dataclasses.asdict(self))
+
+

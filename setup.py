@@ -1,0 +1,46 @@
+"""Packaging for jiio_jax: deep equilibrium models and joint inference + input optimization in JAX."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+_HERE = pathlib.Path(__file__).parent
+
+setup(
+    name="jiio_jax",
+    version="0.1.0",
+    description=(
+        "Deep equilibrium models and joint inference + input optimization (JIIO) in JAX: "
+        "functional fixed-point solvers, implicit differentiation, multiscale DEQs."
+    ),
+    long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jiio_jax", "jiio_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "jaxlib>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "ml-collections>=1.1.0",
+        "orbax-checkpoint>=0.12.0",
+        "numpy>=1.26",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        # GPU wheels; pick the one matching the machine's CUDA driver.
+        "cuda12": ["jax[cuda12]>=0.10.2"],
+        "cuda13": ["jax[cuda13]>=0.10.2"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "matplotlib>=3.8"],
+        # Peers benchmarked side by side, and plotting.
+        "bench": ["jaxopt>=0.8.5", "optimistix>=0.1.0", "matplotlib>=3.8"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
