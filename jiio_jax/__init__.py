@@ -1,6 +1,14 @@
 """jiio_jax: deep equilibrium models and joint inference + input optimization in JAX."""
 
+from jiio_jax import deq as deq
+from jiio_jax import jacobian as jacobian
 from jiio_jax import solvers as solvers
+from jiio_jax.deq import Implicit as Implicit
+from jiio_jax.deq import Neumann as Neumann
+from jiio_jax.deq import OneStep as OneStep
+from jiio_jax.deq import Phantom as Phantom
+from jiio_jax.deq import Unrolled as Unrolled
+from jiio_jax.deq import fixed_point as fixed_point
 from jiio_jax.solvers import Anderson as Anderson
 from jiio_jax.solvers import Broyden as Broyden
 from jiio_jax.solvers import FixedPointIteration as FixedPointIteration
