@@ -1,4 +1,4 @@
-"""Packaging for jiio_jax: deep equilibrium models and joint inference + input optimization in JAX."""
+"""Packaging for jiio_jax: deep equilibrium models and joint inference + input optimization."""
 
 import pathlib
 

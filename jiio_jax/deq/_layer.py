@@ -15,6 +15,7 @@ from jiio_jax.solvers._base import Solution, as_state
 
 PyTree = Any
 
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _equilibrium(f, backward, z_star, adjoint_init, args):
     return z_star
@@ -56,8 +57,9 @@ def fixed_point(
     return wrong (zero) gradients or JAX's misleading while-loop error, traced arrays that
     ``f`` closes over are hoisted into explicit arguments with ``jax.closure_convert`` (one
     extra trace of ``f``), so their gradients are correct too. Explicit ``args`` avoid the
-    extra trace and make the dependence visible. Forward-mode AD (``jax.jvp``, ``jax.jacfwd``) through
-    the layer is not supported (``custom_vjp``), except with ``backward=Unrolled()``.
+    extra trace and make the dependence visible. Forward-mode AD (``jax.jvp``,
+    ``jax.jacfwd``) through the layer is not supported (``custom_vjp``), except with
+    ``backward=Unrolled()``.
 
     Args:
       f: ``f(z, *args) -> z``; one problem (vmap ``fixed_point`` for batches). Same pytree

@@ -133,7 +133,9 @@ def as_state(z0: PyTree, name: str = "z0") -> PyTree:
 
 
 def _leaf_paths(tree: PyTree) -> list[str]:
-    return [jax.tree_util.keystr(p) or "<root>" for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+    return [
+        jax.tree_util.keystr(p) or "<root>" for p, _ in jax.tree_util.tree_leaves_with_path(tree)
+    ]
 
 
 def check_fn_output(fn: Callable, z0: PyTree, name: str = "fn") -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-
 from jiio_jax.solvers import _base
 from jiio_jax.solvers._base import PyTree, Solution
 
@@ -90,5 +89,3 @@ class FixedPointIteration:
 
     def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
         return fixed_point_iteration(fn, z0, unroll=unroll, **dataclasses.asdict(self))
-
-
