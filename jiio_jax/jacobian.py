@@ -65,7 +65,7 @@ def frobenius_norm_sq(
     check_fn_output(f, z, "f")
     _, vjp = jax.vjp(f, z)
     keys = jax.random.split(key, num_probes)
-    total = sum(_sq_norm(vjp(_normal_like(k, z))[0]) for k in keys) / num_probes
+    total = jnp.mean(jax.vmap(lambda k: _sq_norm(vjp(_normal_like(k, z))[0]))(keys))
     if normalize:
         total = total / sum(x.size for x in jax.tree.leaves(z))
     return total
