@@ -106,9 +106,13 @@ def test_vmap_equals_per_problem_and_samples_stop_separately(name):
     scales = jnp.asarray([0.2, 0.6, 0.9, 0.97])
     b_batch = jnp.stack([b * (i + 1) for i in range(4)])
 
+    # Enough Broyden memory that the solve is well conditioned: with restarts every 5 steps it
+    # needs hundreds of steps here and batched-vs-single matmul rounding shifts the count.
+    extra = {"memory": 25} if name == "broyden" else {}
+
     def solve(scale, bb):
         return SOLVER_FNS[name](
-            lambda z: scale * (a @ z) + bb, jnp.zeros(10), max_steps=1500, tol=1e-10
+            lambda z: scale * (a @ z) + bb, jnp.zeros(10), max_steps=1500, tol=1e-10, **extra
         )
 
     batched = jax.jit(jax.vmap(solve))(scales, b_batch)
@@ -278,26 +282,25 @@ def test_broyden_solves_linear_problem_in_at_most_2n_steps():
 
 
 def test_broyden_restarts_when_memory_fills():
-    """With memory L, update L (0-based) clears the buffers and stores into slot 0."""
+    """With memory L, update L (0-based) restarts the model: only slot 0 stays valid."""
     memory, n = 3, 5
-    algo = _Broyden(memory, "restart")
     rng = np.random.default_rng(0)
-    x, g = jnp.asarray(rng.normal(size=n)), jnp.asarray(rng.normal(size=n))
-    hist = algo.init(x, g)
-    for k in range(1, memory + 2):
-        x_new = algo.propose(hist, x, g, k)
-        g_new = jnp.asarray(rng.normal(size=n))
-        hist = algo.observe(hist, x, g, x_new, g_new, k)
-        x, g = x_new, g_new
-        filled = int(jnp.sum(jnp.any(hist.u != 0, axis=1)))
-        expected = k if k <= memory else 1
-        assert filled == expected, (k, filled)
-    ring = _Broyden(memory, "ring")
-    hist_r = ring.init(x, g)
-    for k in range(1, memory + 2):
-        x_new = ring.propose(hist_r, x, g, k)
-        hist_r = ring.observe(hist_r, x, g, x_new, jnp.asarray(rng.normal(size=n)), k)
-    assert int(jnp.sum(jnp.any(hist_r.u != 0, axis=1))) == memory
+
+    def run(policy):
+        algo = _Broyden(memory, policy)
+        x, g = jnp.asarray(rng.normal(size=n)), jnp.asarray(rng.normal(size=n))
+        hist = algo.init(x, g)
+        counts = []
+        for k in range(1, memory + 3):
+            x_new = algo.propose(hist, x, g, k)
+            g_new = jnp.asarray(rng.normal(size=n))
+            hist = algo.observe(hist, x, g, x_new, g_new, k)
+            x, g = x_new, g_new
+            counts.append(int(jnp.sum(hist.valid)))
+        return counts
+
+    assert run("restart") == [1, 2, 3, 1, 2]
+    assert run("ring") == [1, 2, 3, 3, 3]
 
 
 def test_broyden_restart_is_the_safe_full_memory_policy():

@@ -16,17 +16,20 @@ FULL_MEMORY_POLICIES = ("restart", "ring")
 
 
 class BroydenHistory(NamedTuple):
-    """Low-rank inverse-Jacobian model ``H = -I + U^T V`` of ``g(x) = f(x) - x``.
+    """Low-rank inverse-Jacobian model ``H = -I + sum_j valid_j u_j v_j^T`` of ``g = f(x) - x``.
 
     Attributes:
-      u: ``[L, n]`` rank-one factors ``u_j`` (rows; zero when unused).
+      u: ``[L, n]`` rank-one factors ``u_j`` (rows).
       v: ``[L, n]`` rank-one factors ``v_j``.
+      valid: ``[L]`` bool; slots that belong to the current model. A restart clears this mask
+        instead of zeroing the buffers (no full-buffer writes per step).
       direction: ``[n]``; the next step ``p = -H g`` at the current point, kept so each
         iteration needs four ``[L, n]`` matrix-vector products instead of six.
     """
 
     u: jax.Array
     v: jax.Array
+    valid: jax.Array
     direction: jax.Array
 
 
@@ -38,7 +41,7 @@ class _Broyden:
         m, n = self.memory, x0.shape[0]
         zeros = jnp.zeros((m, n), x0.dtype)
         # H0 = -I, so the first step p = -H0 g = g is one plain fixed-point step.
-        return BroydenHistory(zeros, zeros, g0)
+        return BroydenHistory(zeros, zeros, jnp.zeros((m,), bool), g0)
 
     def propose(self, hist, x, g, k):
         return x + hist.direction
@@ -46,30 +49,30 @@ class _Broyden:
     def observe(self, hist, x, g, x_new, g_new, k):
         j = k - 1  # index of this update
         slot = j % self.memory
-        u, v = hist.u, hist.v
+        valid = hist.valid
         if self.full_memory == "restart":
             # Memory full: forget the model (H = -I) rather than overwrite the oldest term;
-            # dropping one term of a Sherman-Morrison chain leaves an inconsistent H that went
-            # NaN in float32 in jaxopt's ring buffer.
-            full = (slot == 0) & (j > 0)
-            u = jnp.where(full, 0.0, u)
-            v = jnp.where(full, 0.0, v)
+            # dropping one term of a Sherman-Morrison chain leaves an inconsistent H (it went
+            # NaN in float32 in jaxopt's ring buffer, and diverges in our tests).
+            valid = valid & ~((slot == 0) & (j > 0))
+        valid = valid.at[slot].set(False)  # the slot being overwritten leaves the model
+        mask = valid.astype(x.dtype)
         dx = x_new - x
         dg = g_new - g
-        h_gnew = -g_new + (v @ g_new) @ u  # H g_new
+        h_gnew = -g_new + ((hist.v @ g_new) * mask) @ hist.u  # H g_new
         h_dg = h_gnew + dx  # H dg = H g_new - H g, and -H g = dx (unit step)
-        vt = -dx + (u @ dx) @ v  # dx^T H
+        vt = -dx + ((hist.u @ dx) * mask) @ hist.v  # dx^T H
         denom = vt @ dg
         u_new = (dx - h_dg) / denom
         ok = jnp.isfinite(denom) & (denom != 0) & jnp.all(jnp.isfinite(u_new))
         ok &= jnp.all(jnp.isfinite(vt))
         u_new = jnp.where(ok, u_new, 0.0)
         vt = jnp.where(ok, vt, 0.0)
-        u = u.at[slot].set(u_new)
-        v = v.at[slot].set(vt)
         # H' = H + u v^T  =>  next step p = -H' g_new = -(H g_new + u (v . g_new)).
         direction = -(h_gnew + u_new * (vt @ g_new))
-        return BroydenHistory(u, v, direction)
+        return BroydenHistory(
+            hist.u.at[slot].set(u_new), hist.v.at[slot].set(vt), valid.at[slot].set(ok), direction
+        )
 
 
 def _check_full_memory(full_memory):
@@ -86,7 +89,7 @@ def broyden(
     max_steps: int,
     tol: float,
     stop_mode: str = "rel",
-    memory: int = 10,
+    memory: int = 5,
     full_memory: str = "restart",
     divergence_ratio: float = 1e4,
     unroll: bool = False,
@@ -148,7 +151,7 @@ class Broyden:
     max_steps: int = 50
     tol: float = 1e-4
     stop_mode: str = "rel"
-    memory: int = 10
+    memory: int = 5
     full_memory: str = "restart"
     divergence_ratio: float = 1e4
 
