@@ -198,14 +198,15 @@ class _LoopState(NamedTuple):
 
 
 def _residuals(x: jax.Array, fx: jax.Array, stop_mode: str):
+    """Returns ``(g, ||g||, stop-mode residual, ||f(x)||)`` with ``g = f(x) - x``."""
     g = fx - x
     abs_res = jnp.linalg.norm(g)
-    if stop_mode == "abs":
-        return g, abs_res, abs_res
     fnorm = jnp.linalg.norm(fx)
+    if stop_mode == "abs":
+        return g, abs_res, abs_res, fnorm
     # 0/0 -> 0: z* = 0 is a legitimate fixed point. tiny keeps the ratio finite otherwise.
     rel = abs_res / (fnorm + jnp.finfo(fx.dtype).tiny)
-    return g, abs_res, rel
+    return g, abs_res, rel, fnorm
 
 
 def flatten_problem(fn: Callable, z0: PyTree):
@@ -241,7 +242,7 @@ def run(
     x0, flat_fn, unravel = flatten_problem(fn, z0)
     dtype = x0.dtype
     fx0 = flat_fn(x0)
-    g0, abs0, res0 = _residuals(x0, fx0, stop_mode)
+    g0, abs0, res0, fnorm0 = _residuals(x0, fx0, stop_mode)
     state = _LoopState(
         k=jnp.asarray(1, jnp.int32),
         x=x0,
@@ -254,13 +255,13 @@ def run(
         hist=algo.init(x0, g0),
     )
     state = state._replace(
-        status=_status(fx0, abs0, res0, abs0, state.k, max_steps, tol, divergence_ratio)
+        status=_status(fnorm0, abs0, res0, abs0, state.k, max_steps, tol, divergence_ratio)
     )
 
     def body(s: _LoopState) -> _LoopState:
         x_new = algo.propose(s.hist, s.x, s.g, s.k)
         fx_new = flat_fn(x_new)
-        g_new, abs_new, res_new = _residuals(x_new, fx_new, stop_mode)
+        g_new, abs_new, res_new, fnorm_new = _residuals(x_new, fx_new, stop_mode)
         hist = algo.observe(s.hist, s.x, s.g, x_new, g_new, s.k)
         k = s.k + 1
         better = res_new < s.best_res  # False for NaN
@@ -271,7 +272,9 @@ def run(
             best_x=jnp.where(better, x_new, s.best_x),
             best_res=jnp.where(better, res_new, s.best_res),
             abs0=s.abs0,
-            status=_status(fx_new, abs_new, res_new, s.abs0, k, max_steps, tol, divergence_ratio),
+            status=_status(
+                fnorm_new, abs_new, res_new, s.abs0, k, max_steps, tol, divergence_ratio
+            ),
             trace=s.trace.at[k - 1].set(res_new),
             hist=hist,
         )
@@ -303,15 +306,16 @@ def run(
     )
 
 
-def _status(fx, abs_res, res, abs0, k, max_steps, tol, divergence_ratio) -> jax.Array:
+def _status(fnorm, abs_res, res, abs0, k, max_steps, tol, divergence_ratio) -> jax.Array:
     """Status after the k-th evaluation; ``_RUNNING`` if the loop should go on."""
-    # NaN anywhere in x or f(x) makes the residual NaN; Inf in f(x) is caught elementwise.
-    nonfinite = jnp.isnan(abs_res) | ~jnp.all(jnp.isfinite(fx))
+    # NaN/Inf anywhere in f(x) makes ||f(x)|| non-finite, NaN in x makes ||g|| NaN: two scalar
+    # tests instead of an elementwise pass. (An f(x) so large that its norm overflows also
+    # counts as non-finite.)
+    nonfinite = ~jnp.isfinite(fnorm) | jnp.isnan(abs_res)
     # Watch the absolute residual: a blow-up's relative residual can *fall* (1.5z+1 -> 1/3).
-    # A norm that overflows while every value is finite is a blow-up too.
-    diverged = ~jnp.isfinite(abs_res) | (
-        abs_res > divergence_ratio * jnp.maximum(abs0, jnp.finfo(fx.dtype).tiny)
-    )
+    # A norm that overflows while f(x) is finite (x huge) is a blow-up too.
+    tiny = jnp.finfo(abs_res.dtype).tiny
+    diverged = ~jnp.isfinite(abs_res) | (abs_res > divergence_ratio * jnp.maximum(abs0, tiny))
     converged = res <= tol
     status = jnp.where(k >= max_steps, Status.MAX_STEPS, _RUNNING)
     status = jnp.where(diverged, Status.DIVERGED, status)

@@ -14,15 +14,20 @@ import jax.numpy as jnp
 
 
 def solve_spd_unrolled(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Solves ``a @ y = b`` for a small SPD ``a`` of static shape ``[m, m]`` and ``b`` ``[m]``."""
+    """Solves ``a @ y = b`` for a small SPD ``a`` of static shape ``[m, m]`` and ``b`` ``[m]``.
+
+    Gauss-Jordan elimination, each step written as a single rank-one update: with
+    ``c = a[:, i] - e_i`` and ``r = a[i] / a[i, i]``, ``a - c r^T`` both normalises the pivot row
+    and clears column ``i`` elsewhere, so XLA fuses a step into one elementwise kernel (no
+    row writes). After ``m`` steps ``a`` is the identity and ``b`` holds the solution.
+    """
     m = a.shape[-1]
+    eye = jnp.eye(m, dtype=a.dtype)
     for i in range(m):
-        inv_piv = 1.0 / a[i, i]
-        row = a[i] * inv_piv
-        bi = b[i] * inv_piv
-        col = a[:, i].at[i].set(0.0)
-        a = (a - col[:, None] * row[None, :]).at[i].set(row)
-        b = (b - col * bi).at[i].set(bi)
+        inv_pivot = 1.0 / a[i, i]
+        col = a[:, i] - eye[i]
+        b = b - col * (b[i] * inv_pivot)
+        a = a - col[:, None] * (a[i] * inv_pivot)[None, :]
     return b
 
 
