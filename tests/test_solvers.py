@@ -401,3 +401,54 @@ def test_status_enum():
     sol = solvers.anderson(lambda z: 0.5 * z + 1.0, jnp.zeros(2), max_steps=20, tol=1e-8)
     assert Status(int(sol.status)) is Status.CONVERGED
     assert bool(sol.status == Status.CONVERGED)
+
+
+@pytest.mark.parametrize("name", SOLVER_FNS)
+def test_batching_rule_cases(name):
+    """The custom batching rule: batched z0 or batched closure only, and nested vmap."""
+    a, b, _ = _affine_problem(14, 5, rho=0.8)
+    solve = functools.partial(SOLVER_FNS[name], max_steps=200, tol=1e-11)
+    bs = jnp.stack([b, 2 * b, -b])
+    z0s = jnp.stack([jnp.zeros(5), jnp.ones(5), -jnp.ones(5)])
+
+    # Only the closed-over input is batched; z0 is shared.
+    out = jax.vmap(lambda bb: solve(lambda z: a @ z + bb, jnp.zeros(5)))(bs)
+    for i in range(3):
+        ref = solve(lambda z, bb=bs[i]: a @ z + bb, jnp.zeros(5))
+        np.testing.assert_allclose(out.value[i], ref.value, rtol=1e-10, atol=1e-12)
+        assert int(out.num_steps[i]) == int(ref.num_steps)
+
+    # Only z0 is batched; the map is shared.
+    out = jax.jit(jax.vmap(lambda z0: solve(lambda z: a @ z + b, z0)))(z0s)
+    for i in range(3):
+        ref = solve(lambda z: a @ z + b, z0s[i])
+        np.testing.assert_allclose(out.value[i], ref.value, rtol=1e-10, atol=1e-12)
+        assert int(out.num_steps[i]) == int(ref.num_steps)
+
+    # Nested vmap over (z0, input) pairs.
+    nested = jax.vmap(
+        jax.vmap(lambda z0, bb: solve(lambda z: a @ z + bb, z0), (0, None)), (None, 0)
+    )
+    out = nested(z0s, bs)
+    assert out.value.shape == (3, 3, 5)
+    for i in range(3):
+        for j in range(3):
+            ref = solve(lambda z, bb=bs[i]: a @ z + bb, z0s[j])
+            np.testing.assert_allclose(out.value[i, j], ref.value, rtol=1e-10, atol=1e-12)
+            assert int(out.num_steps[i, j]) == int(ref.num_steps)
+
+
+def test_closure_over_integer_and_key_arrays_under_vmap():
+    """Non-float captured values (ints, PRNG keys) pass through the batching rule."""
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def solve(key, n):
+        noise = jax.random.normal(key, (4,))
+        return solvers.anderson(
+            lambda z: 0.5 * z + noise * n.astype(z.dtype), jnp.zeros(4), max_steps=50, tol=1e-12
+        )
+
+    out = jax.vmap(solve)(keys, jnp.arange(3))
+    for i in range(3):
+        expected = 2 * jax.random.normal(keys[i], (4,)) * i
+        np.testing.assert_allclose(out.value[i], expected, atol=1e-10)

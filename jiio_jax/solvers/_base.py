@@ -15,11 +15,13 @@ solvers agree exactly on what "converged", "diverged" and "non-finite" mean.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jex_core
 from jax.flatten_util import ravel_pytree
 
 PyTree = Any
@@ -186,19 +188,28 @@ class _Algorithm(Protocol):
 
 
 class _LoopState(NamedTuple):
-    k: jax.Array  # evaluations done
-    x: jax.Array  # current point [n]
-    g: jax.Array  # f(x) - x [n]
-    best_x: jax.Array
-    best_res: jax.Array
-    abs0: jax.Array  # absolute residual at z0, reference for divergence
-    status: jax.Array
-    trace: jax.Array
-    hist: PyTree
+    """Loop carry with a leading batch axis ``[B, ...]`` on every field."""
+
+    k: jax.Array  # evaluations done [B]
+    x: jax.Array  # current point [B, n]
+    g: jax.Array  # f(x) - x [B, n]
+    best_x: jax.Array  # [B, n]
+    best_res: jax.Array  # [B]
+    abs0: jax.Array  # absolute residual at z0, reference for divergence [B]
+    status: jax.Array  # [B]
+    trace: jax.Array  # [B, max_steps]
+    hist: PyTree  # algorithm history, [B, ...] leaves
+
+
+class _Options(NamedTuple):
+    max_steps: int
+    tol: float
+    stop_mode: str
+    divergence_ratio: float
 
 
 def _residuals(x: jax.Array, fx: jax.Array, stop_mode: str):
-    """Returns ``(g, ||g||, stop-mode residual, ||f(x)||)`` with ``g = f(x) - x``."""
+    """Returns ``(g, ||g||, stop-mode residual, ||f(x)||)`` with ``g = f(x) - x`` (one problem)."""
     g = fx - x
     abs_res = jnp.linalg.norm(g)
     fnorm = jnp.linalg.norm(fx)
@@ -207,16 +218,6 @@ def _residuals(x: jax.Array, fx: jax.Array, stop_mode: str):
     # 0/0 -> 0: z* = 0 is a legitimate fixed point. tiny keeps the ratio finite otherwise.
     rel = abs_res / (fnorm + jnp.finfo(fx.dtype).tiny)
     return g, abs_res, rel, fnorm
-
-
-def flatten_problem(fn: Callable, z0: PyTree):
-    """Returns ``(x0, flat_fn, unravel)`` with ``flat_fn(x) = ravel(fn(unravel(x)))``."""
-    x0, unravel = ravel_pytree(z0)
-
-    def flat_fn(x):
-        return ravel_pytree(fn(unravel(x)))[0]
-
-    return x0, flat_fn, unravel
 
 
 def run(
@@ -232,71 +233,151 @@ def run(
 ) -> Solution:
     """Runs ``algo`` on ``z = fn(z)`` from ``z0``; see the solvers for the public entry points.
 
+    One loop implementation serves every case: it iterates a batch ``[B, ...]`` of problems in
+    lockstep and masks only the per-problem outputs (step count, status, best iterate, trace)
+    once a problem is done. A single problem is a batch of one. Under ``jax.vmap`` a custom
+    batching rule (``jax.custom_batching.custom_vmap``) hands the whole batch to the same loop,
+    instead of letting vmap's generic ``while_loop`` rule select every carried buffer (the
+    Anderson/Broyden histories) on every step; the results are identical, each problem keeps
+    its own steps and value.
+
     Args:
-      unroll: if False (default) iterate in a ``lax.while_loop`` that stops as soon as the
-        problem is done. If True, iterate ``max_steps - 1`` times in a ``lax.scan`` with finished
-        steps masked out: same results, reverse-differentiable, always pays ``max_steps``.
+      unroll: if False (default) iterate in a ``lax.while_loop`` that stops as soon as every
+        problem is done. If True, iterate ``max_steps - 1`` times in a ``lax.scan`` with
+        finished steps masked out entirely: same results, reverse-differentiable, always pays
+        ``max_steps``.
     """
     z0 = as_state(z0)
     check_fn_output(fn, z0)
-    x0, flat_fn, unravel = flatten_problem(fn, z0)
-    dtype = x0.dtype
+    opts = _Options(max_steps, tol, stop_mode, divergence_ratio)
+    if unroll:
+        return _solve_one(algo, fn, z0, opts, unroll=True)
+    fn_explicit, consts = _explicit_closure(fn, z0)
+    return _batchable_solve(algo, fn_explicit, opts)(z0, consts)
+
+
+def _explicit_closure(fn: Callable, z0: PyTree):
+    """Rewrites ``fn(z)`` as ``fn_explicit(z, consts)`` with every captured array explicit.
+
+    A custom batching rule only sees its explicit arguments, so arrays ``fn`` closes over
+    (weights, the per-sample input under ``vmap``...) are lifted out of its jaxpr.
+    """
+    leaves, treedef = jax.tree.flatten(z0)
+
+    def flat(*ls):
+        return jax.tree.leaves(fn(jax.tree.unflatten(treedef, list(ls))))
+
+    closed = jax.make_jaxpr(flat)(*leaves)
+    jaxpr = closed.jaxpr
+
+    def fn_explicit(z, consts):
+        closed_jaxpr = jex_core.ClosedJaxpr(jaxpr, list(consts))
+        out = jex_core.jaxpr_as_fun(closed_jaxpr)(*jax.tree.leaves(z))
+        return jax.tree.unflatten(treedef, out)
+
+    return fn_explicit, list(closed.consts)
+
+
+def _batchable_solve(algo, fn_explicit, opts: _Options):
+    @jax.custom_batching.custom_vmap
+    def solve(z0, consts):
+        return _solve_one(algo, lambda z: fn_explicit(z, consts), z0, opts, unroll=False)
+
+    @solve.def_vmap
+    def solve_batched(axis_size, in_batched, z0, consts):
+        z_batched, consts_batched = in_batched
+        z0 = jax.tree.map(
+            lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)), z0, z_batched
+        )
+        axes = [0 if b else None for b in consts_batched]
+        fn_b = lambda zb: jax.vmap(fn_explicit, in_axes=(0, axes))(zb, consts)
+        sol = _drive(algo, fn_b, z0, opts, unroll=False)
+        return sol, jax.tree.map(lambda _: True, sol)
+
+    return solve
+
+
+def _solve_one(algo, fn, z0, opts: _Options, unroll: bool) -> Solution:
+    batched = jax.tree.map(lambda a: a[None], z0)
+    sol = _drive(algo, jax.vmap(fn), batched, opts, unroll)
+    return jax.tree.map(lambda a: a[0], sol)
+
+
+def _drive(algo, fn_b: Callable, z0_b: PyTree, opts: _Options, unroll: bool) -> Solution:
+    """The loop over a batch: ``fn_b`` maps a batched pytree ``[B, ...]`` to the same."""
+    max_steps, tol, stop_mode, divergence_ratio = opts
+    _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], z0_b))
+    ravel_b = jax.vmap(lambda z: ravel_pytree(z)[0])
+    unravel_b = jax.vmap(unravel)
+
+    def flat_fn(xb):
+        return ravel_b(fn_b(unravel_b(xb)))
+
+    residuals = jax.vmap(functools.partial(_residuals, stop_mode=stop_mode))
+    status_of = jax.vmap(
+        functools.partial(_status, max_steps=max_steps, tol=tol, divergence_ratio=divergence_ratio)
+    )
+    x0 = ravel_b(z0_b)
+    batch, dtype = x0.shape[0], x0.dtype
+    rows = jnp.arange(batch)
     fx0 = flat_fn(x0)
-    g0, abs0, res0, fnorm0 = _residuals(x0, fx0, stop_mode)
+    g0, abs0, res0, fnorm0 = residuals(x0, fx0)
+    k0 = jnp.ones((batch,), jnp.int32)
     state = _LoopState(
-        k=jnp.asarray(1, jnp.int32),
+        k=k0,
         x=x0,
         g=g0,
         best_x=x0,
         best_res=jnp.where(jnp.isfinite(res0), res0, jnp.inf).astype(dtype),
         abs0=abs0,
-        status=jnp.asarray(_RUNNING, jnp.int32),
-        trace=jnp.zeros((max_steps,), dtype).at[0].set(res0),
-        hist=algo.init(x0, g0),
-    )
-    state = state._replace(
-        status=_status(fnorm0, abs0, res0, abs0, state.k, max_steps, tol, divergence_ratio)
+        status=status_of(fnorm0, abs0, res0, abs0, k0),
+        trace=jnp.zeros((batch, max_steps), dtype).at[:, 0].set(res0),
+        hist=jax.vmap(algo.init)(x0, g0),
     )
 
     def body(s: _LoopState) -> _LoopState:
-        x_new = algo.propose(s.hist, s.x, s.g, s.k)
+        # Finished problems keep computing (their lane of the batch is paid for anyway) but
+        # only their x/g/history change: k, status, best iterate and trace are frozen.
+        running = s.status == _RUNNING
+        x_new = jax.vmap(algo.propose)(s.hist, s.x, s.g, s.k)
         fx_new = flat_fn(x_new)
-        g_new, abs_new, res_new, fnorm_new = _residuals(x_new, fx_new, stop_mode)
-        hist = algo.observe(s.hist, s.x, s.g, x_new, g_new, s.k)
-        k = s.k + 1
-        better = res_new < s.best_res  # False for NaN
+        g_new, abs_new, res_new, fnorm_new = residuals(x_new, fx_new)
+        hist = jax.vmap(algo.observe)(s.hist, s.x, s.g, x_new, g_new, s.k)
+        k = s.k + running.astype(jnp.int32)
+        better = running & (res_new < s.best_res)  # False for NaN
+        status = status_of(fnorm_new, abs_new, res_new, s.abs0, k)
+        last = s.trace[rows, k - 1]
         return _LoopState(
             k=k,
             x=x_new,
             g=g_new,
-            best_x=jnp.where(better, x_new, s.best_x),
+            best_x=jnp.where(better[:, None], x_new, s.best_x),
             best_res=jnp.where(better, res_new, s.best_res),
             abs0=s.abs0,
-            status=_status(
-                fnorm_new, abs_new, res_new, s.abs0, k, max_steps, tol, divergence_ratio
-            ),
-            trace=s.trace.at[k - 1].set(res_new),
+            status=jnp.where(running, status, s.status),
+            trace=s.trace.at[rows, k - 1].set(jnp.where(running, res_new, last)),
             hist=hist,
         )
-
-    def running(s: _LoopState) -> jax.Array:
-        return s.status == _RUNNING
 
     if unroll:
 
         def scan_body(s, _):
+            keep = s.status == _RUNNING
             new = body(s)
-            keep = running(s)
-            return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, s), None
+
+            def select(a, b):
+                return jnp.where(keep.reshape((batch,) + (1,) * (a.ndim - 1)), a, b)
+
+            return jax.tree.map(select, new, s), None
 
         state, _ = jax.lax.scan(scan_body, state, None, length=max_steps - 1)
     else:
-        state = jax.lax.while_loop(running, body, state)
+        state = jax.lax.while_loop(lambda s: jnp.any(s.status == _RUNNING), body, state)
 
     steps = jnp.arange(max_steps)
-    trace = jnp.where(steps < state.k, state.trace, state.best_res)
+    trace = jnp.where(steps[None, :] < state.k[:, None], state.trace, state.best_res[:, None])
     return Solution(
-        value=unravel(state.best_x),
+        value=unravel_b(state.best_x),
         num_steps=state.k,
         residual=state.best_res,
         converged=state.status == Status.CONVERGED,
@@ -306,7 +387,7 @@ def run(
     )
 
 
-def _status(fnorm, abs_res, res, abs0, k, max_steps, tol, divergence_ratio) -> jax.Array:
+def _status(fnorm, abs_res, res, abs0, k, *, max_steps, tol, divergence_ratio) -> jax.Array:
     """Status after the k-th evaluation; ``_RUNNING`` if the loop should go on."""
     # NaN/Inf anywhere in f(x) makes ||f(x)|| non-finite, NaN in x makes ||g|| NaN: two scalar
     # tests instead of an elementwise pass. (An f(x) so large that its norm overflows also
