@@ -3,9 +3,9 @@
 Every solver works on **one problem**: a pytree ``z`` and a map ``fn(z) -> z`` of the same
 structure, shapes and dtypes. Internally the pytree is flattened once into a single vector
 (``jax.flatten_util.ravel_pytree``) so the accelerated updates are plain vector algebra; ``fn``
-still sees and returns the user's pytree. Batches go through ``jax.vmap``: the batching rule of
-``lax.while_loop`` keeps iterating until every sample stops and freezes finished samples with a
-select, so each sample keeps its own value, step count and status.
+still sees and returns the user's pytree. Batches go through ``jax.vmap``: a custom batching rule
+runs the whole batch in one loop until every sample stops, freezing each finished sample's value,
+step count, status and trace, so per-sample results equal separate solves.
 
 An algorithm supplies three pure functions (see ``_Algorithm``); the driver owns evaluation of
 ``fn``, residuals, best-iterate tracking, the residual trace and the stopping rule, so the three
