@@ -452,3 +452,18 @@ def test_closure_over_integer_and_key_arrays_under_vmap():
     for i in range(3):
         expected = 2 * jax.random.normal(keys[i], (4,)) * i
         np.testing.assert_allclose(out.value[i], expected, atol=1e-10)
+
+
+def test_broyden_skips_degenerate_updates():
+    """A zero or non-finite Sherman-Morrison denominator leaves the model unchanged."""
+    algo = _Broyden(4, "restart")
+    x, g = jnp.ones(3), jnp.asarray([0.5, -0.2, 0.1])
+    hist = algo.init(x, g)
+    # dx = 0 makes v^T dg = 0: the update must be skipped, not stored as NaN/Inf.
+    hist = algo.observe(hist, x, g, x, g + 1.0, 1)
+    assert not bool(hist.valid[0])
+    assert bool(jnp.all(jnp.isfinite(hist.u))) and bool(jnp.all(jnp.isfinite(hist.v)))
+    np.testing.assert_allclose(hist.direction, g + 1.0)  # H = -I still: p = -H g_new
+    hist = algo.observe(hist, x, g, x + 1.0, jnp.full(3, jnp.nan), 2)
+    assert not bool(hist.valid[1])
+    assert bool(jnp.all(jnp.isfinite(hist.u)))
