@@ -319,7 +319,6 @@ def _drive(algo, fn_b: Callable, z0_b: PyTree, opts: _Options, unroll: bool) -> 
     )
     x0 = ravel_b(z0_b)
     batch, dtype = x0.shape[0], x0.dtype
-    rows = jnp.arange(batch)
     fx0 = flat_fn(x0)
     g0, abs0, res0, fnorm0 = residuals(x0, fx0)
     k0 = jnp.ones((batch,), jnp.int32)
@@ -335,19 +334,25 @@ def _drive(algo, fn_b: Callable, z0_b: PyTree, opts: _Options, unroll: bool) -> 
         hist=jax.vmap(algo.init)(x0, g0),
     )
 
-    def body(s: _LoopState) -> _LoopState:
-        # Finished problems keep computing (their lane of the batch is paid for anyway) but
-        # only their x/g/history change: k, status, best iterate and trace are frozen.
+    def body(carry):
+        # Every running problem has made exactly ``t`` evaluations, so the history slot and the
+        # trace column are the same for all of them: an unbatched index keeps those writes
+        # in-place dynamic-update-slices instead of per-row scatters. Finished problems keep
+        # computing (their lane is paid for anyway) but only their x/g/history change: k,
+        # status, best iterate and trace are frozen.
+        t, s = carry
         running = s.status == _RUNNING
-        x_new = jax.vmap(algo.propose)(s.hist, s.x, s.g, s.k)
+        x_new = jax.vmap(algo.propose, in_axes=(0, 0, 0, None))(s.hist, s.x, s.g, t)
         fx_new = flat_fn(x_new)
         g_new, abs_new, res_new, fnorm_new = residuals(x_new, fx_new)
-        hist = jax.vmap(algo.observe)(s.hist, s.x, s.g, x_new, g_new, s.k)
+        hist = jax.vmap(algo.observe, in_axes=(0, 0, 0, 0, 0, None))(
+            s.hist, s.x, s.g, x_new, g_new, t
+        )
         k = s.k + running.astype(jnp.int32)
         better = running & (res_new < s.best_res)  # False for NaN
         status = status_of(fnorm_new, abs_new, res_new, s.abs0, k)
-        last = s.trace[rows, k - 1]
-        return _LoopState(
+        column = jnp.where(running, res_new, s.trace[:, t])
+        return t + 1, _LoopState(
             k=k,
             x=x_new,
             g=g_new,
@@ -355,24 +360,25 @@ def _drive(algo, fn_b: Callable, z0_b: PyTree, opts: _Options, unroll: bool) -> 
             best_res=jnp.where(better, res_new, s.best_res),
             abs0=s.abs0,
             status=jnp.where(running, status, s.status),
-            trace=s.trace.at[rows, k - 1].set(jnp.where(running, res_new, last)),
+            trace=jax.lax.dynamic_update_index_in_dim(s.trace, column, t, axis=1),
             hist=hist,
         )
 
+    t0 = jnp.asarray(1, jnp.int32)
     if unroll:
 
-        def scan_body(s, _):
-            keep = s.status == _RUNNING
-            new = body(s)
+        def scan_body(carry, _):
+            keep = carry[1].status == _RUNNING
+            t, new = body(carry)
 
             def select(a, b):
                 return jnp.where(keep.reshape((batch,) + (1,) * (a.ndim - 1)), a, b)
 
-            return jax.tree.map(select, new, s), None
+            return (t, jax.tree.map(select, new, carry[1])), None
 
-        state, _ = jax.lax.scan(scan_body, state, None, length=max_steps - 1)
+        (_, state), _ = jax.lax.scan(scan_body, (t0, state), None, length=max_steps - 1)
     else:
-        state = jax.lax.while_loop(lambda s: jnp.any(s.status == _RUNNING), body, state)
+        _, state = jax.lax.while_loop(lambda c: jnp.any(c[1].status == _RUNNING), body, (t0, state))
 
     steps = jnp.arange(max_steps)
     trace = jnp.where(steps[None, :] < state.k[:, None], state.trace, state.best_res[:, None])

@@ -45,10 +45,13 @@ class _Anderson:
         )
 
     def _store(self, hist, slot, x, g):
-        residuals = hist.residuals.at[slot].set(g)
+        # lax.dynamic_update_index_in_dim rather than .at[slot].set: slot is known to be
+        # non-negative, and skipping the negative-index fix-up lets XLA update in place.
+        put = jax.lax.dynamic_update_index_in_dim
+        residuals = put(hist.residuals, g, slot, 0)
         row = residuals @ g
-        gram = hist.gram.at[slot, :].set(row).at[:, slot].set(row)
-        return AndersonHistory(hist.images.at[slot].set(x + self.mixing * g), residuals, gram)
+        gram = put(put(hist.gram, row, slot, 0), row[:, None], slot, 1)
+        return AndersonHistory(put(hist.images, x + self.mixing * g, slot, 0), residuals, gram)
 
     def propose(self, hist, x, g, k):
         m = self.memory

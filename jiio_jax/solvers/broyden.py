@@ -54,8 +54,9 @@ class _Broyden:
             # Memory full: forget the model (H = -I) rather than overwrite the oldest term;
             # dropping one term of a Sherman-Morrison chain leaves an inconsistent H (it went
             # NaN in float32 in jaxopt's ring buffer, and diverges in our tests).
-            valid = valid & ~((slot == 0) & (j > 0))
-        valid = valid.at[slot].set(False)  # the slot being overwritten leaves the model
+            valid = valid & jnp.logical_not((jnp.asarray(slot) == 0) & (jnp.asarray(j) > 0))
+        # The slot being overwritten leaves the model.
+        valid = jax.lax.dynamic_update_index_in_dim(valid, jnp.asarray(False), slot, 0)
         mask = valid.astype(x.dtype)
         dx = x_new - x
         dg = g_new - g
@@ -70,8 +71,12 @@ class _Broyden:
         vt = jnp.where(ok, vt, 0.0)
         # H' = H + u v^T  =>  next step p = -H' g_new = -(H g_new + u (v . g_new)).
         direction = -(h_gnew + u_new * (vt @ g_new))
+        put = jax.lax.dynamic_update_index_in_dim  # in place; slot is non-negative
         return BroydenHistory(
-            hist.u.at[slot].set(u_new), hist.v.at[slot].set(vt), valid.at[slot].set(ok), direction
+            put(hist.u, u_new, slot, 0),
+            put(hist.v, vt, slot, 0),
+            put(valid, ok, slot, 0),
+            direction,
         )
 
 
