@@ -1,0 +1,164 @@
+"""Injection maps: what the input (image, latent or task context) contributes to the cell.
+
+Each map works on one sample and returns the per-branch pieces of a ``CellInput``:
+
+- ``ImageStem`` (classifiers, meta learner): 3x3 conv + GN + ReLU layers on the image, injected
+  into branch 0 only (the other branches get ``None`` = no injection).
+- ``LatentMaps`` (generator): one linear map per branch ``latent -> [H_i, W_i, C_i]``, injected
+  into every branch.
+- ``FiLM`` (meta learner): splits a task context ``v`` into one equal chunk per branch and maps
+  chunk ``i`` linearly to a ``(scale, shift)`` pair applied after the first norm of branch
+  ``i``'s block (no ``1 + scale``: as in the reference).
+
+Plain convs use the reference's ``N(0, 0.01)`` init (``config.conv_init_std``); linear maps use
+PyTorch's default init (the reference never re-initialises them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jiio_jax.models import layers
+from jiio_jax.models.configs import MDEQConfig
+
+Dtype = Any
+
+
+class ImageStem(nn.Module):
+    """Image -> injection into branch 0 (the reference's ``downsample`` [+ ``stage0``]).
+
+    ``config.stem_convs`` layers of bias-free 3x3 conv (stride 1) + GroupNorm(``aux_groups``) +
+    ReLU, the first mapping ``C_in -> C_0``. With more than two branches a 1x1 conv + GN + ReLU
+    (``stage0``) follows, as in the reference's larger classifiers.
+
+    Attributes:
+      config: the architecture.
+      param_dtype: parameter dtype.
+    """
+
+    config: MDEQConfig
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> tuple[jax.Array | None, ...]:
+        """Maps ``image`` ``[H, W, C_in]`` to per-branch injections ``(u_0, None, ...)``.
+
+        Returns:
+          A tuple with ``u_0`` of shape ``[H, W, C_0]`` and ``None`` for the other branches.
+        """
+        cfg = self.config
+        if tuple(image.shape) != cfg.image_shape:
+            raise ValueError(
+                f"`image` must have shape {cfg.image_shape} (one sample, [H, W, C]); got "
+                f"{tuple(image.shape)}. Batch with jax.vmap."
+            )
+        c0 = cfg.channels[0]
+        u = image
+        for s in range(cfg.stem_convs):
+            u = layers.conv(
+                c0,
+                3,
+                use_bias=False,
+                std=cfg.conv_init_std,
+                param_dtype=self.param_dtype,
+                name=f"conv{s}",
+            )(u)
+            u = nn.relu(layers.GroupNorm(cfg.aux_groups, param_dtype=self.param_dtype)(u))
+        if cfg.num_branches > 2:
+            u = layers.conv(
+                c0,
+                1,
+                use_bias=False,
+                std=cfg.conv_init_std,
+                param_dtype=self.param_dtype,
+                name="stage0_conv",
+            )(u)
+            u = nn.relu(
+                layers.GroupNorm(cfg.aux_groups, param_dtype=self.param_dtype, name="stage0_gn")(u)
+            )
+        return (u,) + (None,) * (cfg.num_branches - 1)
+
+
+class LatentMaps(nn.Module):
+    """Latent -> one injection per branch: ``u_i = reshape(A_i x + b_i, [H_i, W_i, C_i])``.
+
+    The reference reshapes to ``[C_i, H_i, W_i]``; with random init the order of the output
+    units is immaterial (it is a permutation of the rows of ``A_i``).
+
+    Attributes:
+      config: the architecture (``latent_dim`` required).
+      param_dtype: parameter dtype.
+    """
+
+    config: MDEQConfig
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, latent: jax.Array) -> tuple[jax.Array, ...]:
+        """Maps ``latent`` ``[latent_dim]`` to per-branch ``[H_i, W_i, C_i]`` injections."""
+        cfg = self.config
+        if cfg.latent_dim is None:
+            raise ValueError("LatentMaps needs `config.latent_dim`; set it in the MDEQConfig.")
+        if tuple(latent.shape) != (cfg.latent_dim,):
+            raise ValueError(
+                f"`latent` must have shape ({cfg.latent_dim},) (one sample); got "
+                f"{tuple(latent.shape)}. Batch with jax.vmap."
+            )
+        out = []
+        for i, shape in enumerate(cfg.branch_shapes):
+            size = shape[0] * shape[1] * shape[2]
+            dense = nn.Dense(
+                size,
+                kernel_init=layers.torch_kernel_init,
+                bias_init=layers.torch_bias_init(cfg.latent_dim),
+                param_dtype=self.param_dtype,
+                name=f"map{i}",
+            )
+            out.append(dense(latent).reshape(shape))
+        return tuple(out)
+
+
+class FiLM(nn.Module):
+    """Task context -> per-branch FiLM ``(scale, shift)`` for the blocks' first norm.
+
+    Chunk ``i`` (of ``context_dim / K`` entries) of the context goes through
+    ``Dense(context_dim / K -> 2 * expansion * C_i)``; the first half of the output is the
+    scale, the second the shift.
+
+    Attributes:
+      config: the architecture (``context_dim`` required).
+      param_dtype: parameter dtype.
+    """
+
+    config: MDEQConfig
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, context: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        """Maps ``context`` ``[context_dim]`` to per-branch ``([E*C_i], [E*C_i])`` pairs."""
+        cfg = self.config
+        if cfg.context_dim is None:
+            raise ValueError("FiLM needs `config.context_dim`; set it in the MDEQConfig.")
+        if tuple(context.shape) != (cfg.context_dim,):
+            raise ValueError(
+                f"`context` must have shape ({cfg.context_dim},) (one sample); got "
+                f"{tuple(context.shape)}. Batch with jax.vmap."
+            )
+        chunks = jnp.split(context, cfg.num_branches)
+        chunk = cfg.context_dim // cfg.num_branches
+        out = []
+        for i, (v, c) in enumerate(zip(chunks, cfg.channels, strict=True)):
+            film = nn.Dense(
+                2 * cfg.expansion * c,
+                kernel_init=layers.torch_kernel_init,
+                bias_init=layers.torch_bias_init(chunk),
+                param_dtype=self.param_dtype,
+                name=f"film{i}",
+            )(v)
+            scale, shift = jnp.split(film, 2)
+            out.append((scale, shift))
+        return tuple(out)
