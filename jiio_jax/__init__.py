@@ -1,4 +1,11 @@
-"""jiio_jax: deep equilibrium models and joint inference + input optimization in JAX."""
+"""jiio_jax: deep equilibrium models and joint inference + input optimization in JAX.
+
+``jiio_jax.solvers``, ``jiio_jax.deq`` and ``jiio_jax.jacobian`` depend on JAX alone. The Flax
+modules (``jiio_jax.models`` and the names re-exported from it) are imported lazily, on first
+access, so importing the solvers never loads Flax.
+"""
+
+import importlib
 
 from jiio_jax import deq as deq
 from jiio_jax import jacobian as jacobian
@@ -19,3 +26,26 @@ from jiio_jax.solvers import broyden as broyden
 from jiio_jax.solvers import fixed_point_iteration as fixed_point_iteration
 
 __version__ = "0.1.0"
+
+_LAZY_MODULES = ("models",)
+_LAZY_MODEL_NAMES = (
+    "MDEQClassifier",
+    "MDEQGenerator",
+    "MDEQMetaLearner",
+    "MDEQConfig",
+    "CellInput",
+    "DEQInfo",
+    "MetaInput",
+)
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"jiio_jax.{name}")
+    if name in _LAZY_MODEL_NAMES:
+        return getattr(importlib.import_module("jiio_jax.models"), name)
+    raise AttributeError(f"module 'jiio_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY_MODULES) + list(_LAZY_MODEL_NAMES))
