@@ -8,7 +8,7 @@ import jiio_jax
 
 def test_solvers_import_without_flax():
     code = (
-        "import sys, jiio_jax, jiio_jax.solvers, jiio_jax.deq, jiio_jax.jacobian;"
+        "import sys, jiio_jax, jiio_jax.solvers, jiio_jax.deq, jiio_jax.jacobian, jiio_jax.jiio;"
         "assert 'flax' not in sys.modules, 'flax was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -33,6 +33,12 @@ def test_public_names():
         "jacobian",
         "deq",
         "solvers",
+        "jiio",
+        "JIIO",
+        "L2Ball",
+        "LinfBall",
+        "Box",
+        "Piecewise",
     ):
         assert hasattr(jiio_jax, name), name
 
