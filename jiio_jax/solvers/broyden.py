@@ -50,18 +50,23 @@ class _Broyden:
         j = k - 1  # index of this update
         slot = j % self.memory
         valid = hist.valid
+        minus_hg = hist.direction  # -H g of the model in use (the step it proposed)
         if self.full_memory == "restart":
             # Memory full: forget the model (H = -I) rather than overwrite the oldest term;
             # dropping one term of a Sherman-Morrison chain leaves an inconsistent H (it went
             # NaN in float32 in jaxopt's ring buffer, and diverges in our tests).
-            valid = valid & jnp.logical_not((jnp.asarray(slot) == 0) & (jnp.asarray(j) > 0))
-        # The slot being overwritten leaves the model.
+            restart = (jnp.asarray(slot) == 0) & (jnp.asarray(j) > 0)
+            valid = valid & jnp.logical_not(restart)
+            minus_hg = jnp.where(restart, g, minus_hg)  # H = -I after a restart
+        # The slot being overwritten leaves the model (with "restart" it is already unused).
         valid = jax.lax.dynamic_update_index_in_dim(valid, jnp.asarray(False), slot, 0)
         mask = valid.astype(x.dtype)
         dx = x_new - x
         dg = g_new - g
         h_gnew = -g_new + ((hist.v @ g_new) * mask) @ hist.u  # H g_new
-        h_dg = h_gnew + dx  # H dg = H g_new - H g, and -H g = dx (unit step)
+        # H dg = H g_new - H g. Using the model's own -H g (not dx) keeps the secant update
+        # exact when a caller modified the proposed step (e.g. projected it).
+        h_dg = h_gnew + minus_hg
         vt = -dx + ((hist.u @ dx) * mask) @ hist.v  # dx^T H
         denom = vt @ dg
         u_new = (dx - h_dg) / denom
