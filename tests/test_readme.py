@@ -1,0 +1,28 @@
+"""The README stays true: its Python examples run, and its set-up commands are the CI's."""
+
+import pathlib
+import re
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(_python_blocks())))
+def test_readme_python_example_runs(index):
+    code = _python_blocks()[index]
+    exec(compile(code, f"README.md[python block {index}]", "exec"), {})
+
+
+def test_setup_commands_are_one_line_each():
+    text = README.read_text()
+    for marker in ("<!-- main-command -->", "<!-- test-command -->"):
+        block = re.search(re.escape(marker) + r"\s*```bash\n(.*?)```", text, flags=re.S)
+        assert block, marker
+        lines = [ln for ln in block.group(1).splitlines() if ln.strip()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("pip install -e "), lines[0]
