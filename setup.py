@@ -32,7 +32,7 @@ setup(
         # GPU wheels; pick the one matching the machine's CUDA driver.
         "cuda12": ["jax[cuda12]>=0.10.2"],
         "cuda13": ["jax[cuda13]>=0.10.2"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.17", "matplotlib>=3.8"],
         # Peers benchmarked side by side, and plotting.
         "bench": ["jaxopt>=0.8.5", "optimistix>=0.1.0", "matplotlib>=3.8"],
     },

@@ -20,17 +20,9 @@ from jiio_jax.jiio._solve import _run
 from jiio_jax.jiio.schedules import reference_switch_step
 from jiio_jax.solvers import Anderson, Status
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 NZ, NX, NY, LAM = 6, 3, 5, 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """These tests compile many small programs, whose time XLA's optimisation passes dominate
-    (about half of it); numerics are unaffected at the tolerances used here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def make_problem(seed=0, nz=NZ, nx=NX, ny=NY):

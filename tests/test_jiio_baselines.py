@@ -17,19 +17,11 @@ from jiio_jax import jiio
 from jiio_jax.deq import Implicit, Unrolled
 from jiio_jax.solvers import Anderson
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 STEPS = 8
 FORWARD = Anderson(max_steps=100, tol=1e-13)
 BACKWARD = Implicit(Anderson(max_steps=100, tol=1e-13))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """These tests compile many small programs, whose time XLA's optimisation passes dominate
-    (about half of it); numerics are unaffected at the tolerances used here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="module")

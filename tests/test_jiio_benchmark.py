@@ -4,9 +4,10 @@ import importlib.util
 import os
 import sys
 
-import jax
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 SCRIPT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -14,16 +15,6 @@ SCRIPT = os.path.join(
     "benchmarks",
     "jiio_vs_inner_loops.py",
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """These tests compile many small programs, whose time XLA's optimisation passes dominate
-    (about half of it); numerics are unaffected at the tolerances used here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,11 @@ import importlib.util
 import pathlib
 import sys
 
-import jax
 import pytest
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Skips most XLA optimisation passes while this module runs (numerics are unchanged)."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def _load_benchmark():

@@ -9,24 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jiio_jax import models
+from jiio_jax import jacobian, models
 from jiio_jax.models import layers
 from jiio_jax.solvers import Anderson, Status
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 F32 = jnp.float32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Skips most XLA optimisation passes while this module runs (numerics are unchanged).
-
-    Compilation dominates these tests: jitted ``init`` of a tiny MDEQ (dozens of threefry
-    draws) takes ~10x longer to compile with the full pipeline. Restored afterwards.
-    """
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def _model_cls(cfg):
@@ -162,6 +151,10 @@ def test_config_validation_names_the_field():
         )
     with pytest.raises(ValueError, match="dropout"):
         models.TINY_CLS.replace(dropout=1.0)
+    with pytest.raises(ValueError, match="norm1_scale_init"):
+        models.TINY_CLS.replace(norm1_scale_init=0.0)
+    with pytest.raises(ValueError, match="norm1_bias_init"):
+        models.TINY_CLS.replace(norm1_bias_init=float("nan"))
     with pytest.raises(ValueError, match="Unknown config"):
         models.get_config("imagenet")
     with pytest.raises(ValueError, match="latent_dim"):
@@ -276,14 +269,69 @@ def test_jit_vmap_and_per_sample_agree(tiny_gen):
 
 
 def test_classifier_diagnostics_report_the_solve():
-    # The reference classifier cell does not contract at init (see MDEQConfig's docstring); the
-    # diagnostics must say so honestly rather than claim convergence.
+    # 12 steps cannot reach tol=1e-8; the diagnostics must say so rather than claim convergence.
     model = models.MDEQClassifier(models.TINY_CLS, solver=Anderson(max_steps=12, tol=1e-8))
     params = jax.jit(model.init)(jax.random.key(0))
     logits, info = jax.jit(model)(params, _inputs(model, 3))
     assert logits.shape == (3, 10) and bool(jnp.all(jnp.isfinite(logits)))
     assert bool(jnp.all(info.num_steps == 12)) and bool(jnp.all(info.status == Status.MAX_STEPS))
     assert bool(jnp.all(~info.converged)) and bool(jnp.all(info.residual < 1.0))
+
+
+# Equilibrium at init: every config's cell contracts (MDEQConfig, "Contraction at init").
+_TINY = ("tiny_cls", "tiny_gen", "tiny_meta")
+_REFERENCE = ("mnist_cls", "cifar_cls", "omniglot_meta", "celeba_gen_tiny", "celeba_gen")
+
+
+def _equilibrium_at_init(name, batch=2):
+    """Anderson (m=5, 60 steps, tol 1e-5) from zeros at init; also rho(df/dz) at sample 0's z*."""
+    cfg = models.get_config(name)
+    model = _model_cls(cfg)(cfg, solver=Anderson(max_steps=60, tol=1e-5, memory=5))
+    params = jax.jit(model.init)(jax.random.key(0))
+    inputs = _inputs(model, batch)
+    _, info = jax.jit(model)(params, inputs)
+
+    @jax.jit
+    def radius(params, inputs, z):
+        inp, z0 = jax.tree.map(lambda a: a[0], (inputs, z))
+        x = model.inject(inp, params["injection"])
+        f = lambda zz: model.cell(zz, x, params["cell"])
+        return jacobian.spectral_radius(f, z0, jax.random.key(2), num_iters=60)
+
+    return info, radius(params, inputs, info.z_star)
+
+
+def _assert_converged(info):
+    assert bool(jnp.all(info.status == Status.CONVERGED)), (info.status, info.residual)
+    assert bool(jnp.all(info.residual <= 1e-5)) and bool(jnp.all(info.num_steps < 60))
+
+
+@pytest.mark.parametrize("name", _TINY)
+def test_tiny_cells_reach_equilibrium_at_init(name):
+    info, rho = _equilibrium_at_init(name)
+    _assert_converged(info)
+    assert float(rho) < 0.9, rho
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _REFERENCE)
+def test_reference_cells_reach_equilibrium_at_init(name):
+    info, rho = _equilibrium_at_init(name)
+    _assert_converged(info)
+    assert float(rho) < 1.0, rho
+
+
+def test_block_norm_init_follows_the_config():
+    cfg = models.TINY_CLS.replace(norm1_scale_init=0.5, norm1_bias_init=2.0)
+    params = jax.jit(models.MDEQClassifier(cfg).init)(jax.random.key(0))["cell"]
+    for i in range(cfg.num_branches):
+        block = params[f"block{i}"]
+        np.testing.assert_array_equal(block["gn1"]["scale"], 0.5)
+        np.testing.assert_array_equal(block["gn1"]["bias"], 2.0)
+        for name in ("gn2", "gn3"):  # the other block norms keep PyTorch's init
+            np.testing.assert_array_equal(block[name]["scale"], 1.0)
+            np.testing.assert_array_equal(block[name]["bias"], 0.0)
+        np.testing.assert_array_equal(params[f"post{i}_gn"]["scale"], cfg.state_norm_scale)
 
 
 def test_cell_fn_bridge_is_the_model_cell(tiny_gen):

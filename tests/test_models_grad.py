@@ -14,6 +14,8 @@ from jiio_jax import models
 from jiio_jax.deq import Implicit, OneStep
 from jiio_jax.solvers import Anderson
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 F64 = jnp.float64
 
 # A contractive tiny generator (every branch injected, small second conv, post-norm scale 0.25).
@@ -29,15 +31,6 @@ CFG = models.MDEQConfig(
     state_norm_scale=0.25,
 )
 TIGHT = Anderson(max_steps=100, tol=1e-13)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Skips most XLA optimisation passes while this module runs (numerics are unchanged)."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def _random_like(key, tree):
@@ -84,7 +77,9 @@ def test_implicit_gradient_matches_finite_differences(setup):
     grad = jax.jit(jax.grad(lambda p, lat: loss(p, lat)[0], argnums=(0, 1)))
     g_params, g_latents = grad(params, latents)
     value = lambda p, lat: float(loss(p, lat)[0])
-    eps = 1e-6
+    # Small enough not to cross a ReLU kink along these directions (with eps = 1e-6 the `cell`
+    # direction crosses one at t ~ 4.6e-7 and the central difference is off by 20%).
+    eps = 1e-7
     # Directional derivatives: the latent (through the injection and the equilibrium), and each
     # parameter group (injection maps, the cell, the head) separately.
     d_lat = jax.random.normal(jax.random.key(3), latents.shape, F64)

@@ -13,6 +13,9 @@ Usage (the run recorded in experiments/results/mdeq.md, which quotes the tables 
     python experiments/benchmarks/mdeq.py --out /tmp/mdeq_tables.md
 
 ``--quick`` runs a seconds-long subset (used by tests/test_mdeq_benchmark.py).
+``--only-equilibrium`` runs only the "Equilibrium at init" table (all configs, a few minutes)::
+
+    python experiments/benchmarks/mdeq.py --only-equilibrium --out /tmp/mdeq_equilibrium.md
 """
 
 from __future__ import annotations
@@ -201,27 +204,36 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="write the markdown report here")
     parser.add_argument("--quick", action="store_true", help="seconds-long subset (smoke test)")
+    parser.add_argument(
+        "--only-equilibrium",
+        action="store_true",
+        help='only the "Equilibrium at init" table (skips parameter counts and timings)',
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--ref-repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     all_solvers, all_modes = ("anderson", "broyden", "fixed-point"), ("implicit", "one-step")
+    all_names = [
+        "mnist_cls",
+        "cifar_cls",
+        "celeba_gen",
+        "celeba_gen_tiny",
+        "omniglot_meta",
+        "tiny_cls",
+        "tiny_gen",
+        "tiny_meta",
+    ]
     if args.quick:
         param_names = ["tiny_cls", "mnist_cls"]
         conv = convergence_rows(["tiny_cls"], batch=2, steps=3, with_radius=False)
         timing = bench_case(Case("tiny_cls", 2, 3), ("anderson",), ("one-step",), repeats=2)
+    elif args.only_equilibrium:
+        param_names, timing = [], []
+        conv = convergence_rows(all_names, batch=2, steps=60)
     else:
-        param_names = [
-            "mnist_cls",
-            "cifar_cls",
-            "celeba_gen",
-            "celeba_gen_tiny",
-            "omniglot_meta",
-            "tiny_cls",
-            "tiny_gen",
-            "tiny_meta",
-        ]
+        param_names = all_names
         conv = convergence_rows(param_names, batch=2, steps=60)
         timing = []
         for case in (Case("tiny_cls", 32, 18), Case("tiny_gen", 32, 18)):
@@ -235,37 +247,38 @@ def main(argv: Sequence[str] | None = None) -> str:
             timing += bench_case(case, ("anderson",), all_modes, args.ref_repeats)
     elapsed = time.perf_counter() - start
 
-    report = "\n\n".join(
-        [
-            f"Device: {machine_description()}. Total benchmark time {elapsed:.0f} s.",
-            "### Parameter counts (ours via jax.eval_shape; reference derived from its PyTorch "
-            "modules, copies excluded)\n\n"
-            + markdown_table(
-                ["config", "injection", "cell", "head", "total (ours)", "total (reference)"],
-                param_rows(param_names),
-            ),
-            "### Equilibrium at init (Anderson m=5, relative tolerance 1e-5)\n\n"
-            + markdown_table(
-                ["config", "batch", "mean steps", "max rel. residual", "status", "rho(df/dz)"],
-                conv,
-            ),
-            "### Time and memory per batch (float32, CPU)\n\n"
-            + markdown_table(
-                [
-                    "config",
-                    "batch",
-                    "solver",
-                    "pass",
-                    "median ms",
-                    "XLA temp MiB",
-                    "compile s",
-                    "mean fwd steps",
-                    "max fwd residual",
-                ],
-                timing,
-            ),
-        ]
-    )
+    sections = [
+        f"Device: {machine_description()}. Total benchmark time {elapsed:.0f} s.",
+        "### Parameter counts (ours via jax.eval_shape; reference derived from its PyTorch "
+        "modules, copies excluded)\n\n"
+        + markdown_table(
+            ["config", "injection", "cell", "head", "total (ours)", "total (reference)"],
+            param_rows(param_names),
+        ),
+        "### Equilibrium at init (Anderson m=5, relative tolerance 1e-5)\n\n"
+        + markdown_table(
+            ["config", "batch", "mean steps", "max rel. residual", "status", "rho(df/dz)"],
+            conv,
+        ),
+        "### Time and memory per batch (float32, CPU)\n\n"
+        + markdown_table(
+            [
+                "config",
+                "batch",
+                "solver",
+                "pass",
+                "median ms",
+                "XLA temp MiB",
+                "compile s",
+                "mean fwd steps",
+                "max fwd residual",
+            ],
+            timing,
+        ),
+    ]
+    if args.only_equilibrium:
+        sections = [sections[0], sections[2]]
+    report = "\n\n".join(sections)
     if args.out:
         with open(args.out, "w") as f:
             f.write(report + "\n")

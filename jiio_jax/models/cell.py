@@ -15,6 +15,11 @@ reference's ``MDEQModule``):
    ``2**(j-i)``, and for a higher-resolution ``j < i`` a chain of ``i - j`` stride-2 3x3 convs,
    each followed by GN (ReLU between them). Then ``z_i+ = GN(W_p * ReLU(y_i))`` with a 1x1 conv.
 
+The first block norm starts with scale ``config.norm1_scale_init`` and shift
+``config.norm1_bias_init``, and the post-fusion norm with scale ``config.state_norm_scale``
+(defaults 0.25, 1 and 0.25 instead of PyTorch's 1, 0 and 1), so that the cell contracts at init
+(``MDEQConfig``, "Contraction at init"). The other norms keep PyTorch's init.
+
 ``W1``, ``W2`` and ``W_p`` are weight-normed (``config.weight_norm``). Everything the cell
 depends on besides ``z`` and the parameters arrives in one ``CellInput`` pytree, so
 ``f(z, x, params)`` is a pure function of explicit arguments (see ``jiio_jax.models.mdeq``).
@@ -86,6 +91,10 @@ class ResidualBlock(nn.Module):
       weight_norm: weight-normalise both 3x3 convs.
       kernel_init: init of the conv kernels (``v`` when weight-normed).
       param_dtype: parameter dtype.
+      norm1_scale_init: initial scale of the first norm (PyTorch: 1).
+      norm1_bias_init: initial shift of the first norm (PyTorch: 0). With a shift that dominates
+        the scale, the hidden activation starts near a ``z``-independent constant, which damps
+        the block's gain (see ``MDEQConfig``, "Contraction at init").
     """
 
     channels: int
@@ -94,6 +103,8 @@ class ResidualBlock(nn.Module):
     weight_norm: bool = True
     kernel_init: Any = layers.torch_kernel_init
     param_dtype: Dtype = jnp.float32
+    norm1_scale_init: float = 1.0
+    norm1_bias_init: float = 0.0
 
     def _conv3x3(self, features: int, name: str) -> nn.Module:
         if self.weight_norm:
@@ -123,8 +134,11 @@ class ResidualBlock(nn.Module):
         Returns:
           ``[H, W, C]``.
         """
-        gn = lambda name: layers.GroupNorm(self.groups, param_dtype=self.param_dtype, name=name)
-        a = gn("gn1")(self._conv3x3(self.expansion * self.channels, "conv1")(z))
+        gn = lambda name, **kw: layers.GroupNorm(
+            self.groups, param_dtype=self.param_dtype, name=name, **kw
+        )
+        gn1 = gn("gn1", scale_init=self.norm1_scale_init, bias_init=self.norm1_bias_init)
+        a = gn1(self._conv3x3(self.expansion * self.channels, "conv1")(z))
         if film is not None:
             scale, shift = film
             a = a * scale + shift
@@ -177,6 +191,8 @@ class MDEQCell(nn.Module):
                 cfg.weight_norm,
                 kernel_init,
                 self.param_dtype,
+                norm1_scale_init=cfg.norm1_scale_init,
+                norm1_bias_init=cfg.norm1_bias_init,
                 name=f"block{i}",
             )
             out.append(

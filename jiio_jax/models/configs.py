@@ -14,6 +14,7 @@ Shapes are NHWC: ``image_shape = (H, W, C)`` and branch ``i`` has resolution
 from __future__ import annotations
 
 import dataclasses
+import math
 
 
 def _check_pos_int(name: str, value) -> None:
@@ -54,7 +55,11 @@ class MDEQConfig:
         N(0, 0.01) re-init never reaches weight-normed convs). ``g`` is always ``||v||`` per
         output channel, so the effective kernel at init equals the sampled ``v``.
       state_norm_scale: initial scale of the affine post-fusion GroupNorms, which produce the
-        state (PyTorch: 1). See "Contraction at init" below.
+        state (PyTorch: 1; default 0.25). See "Contraction at init" below.
+      norm1_scale_init: initial scale of the first GroupNorm of every residual block
+        (PyTorch: 1; default 0.25). See "Contraction at init" below.
+      norm1_bias_init: initial shift of the first GroupNorm of every residual block
+        (PyTorch: 0; default 1). See "Contraction at init" below.
       num_classes: classifier outputs (classifier only).
       head_channels: HRNet head bottleneck widths per branch (classifier only).
       final_channels: HRNet head final 1x1 conv width (classifier only).
@@ -65,15 +70,29 @@ class MDEQConfig:
       n_way: meta-learning classes per task (meta only).
       meta_pool: average-pool window (and stride) of the meta head (7 for 28x28 inputs).
 
-    Contraction at init. Every path through the cell ends in a GroupNorm, so a path from
-    ``z_i`` to ``z+`` that never meets a ``z``-independent term (an injection) is
-    scale-invariant in ``z``: no weight or norm-scale init changes its gain. The classifier and
-    meta cells inject into branch 0 only; at the reference's effective init the spectral radius
-    of their ``df/dz`` is 1.1-1.5 and Anderson stalls at relative residuals of 5e-2 to 2e-1
-    after 60 steps (``experiments/results/mdeq.md``); their configs stay faithful. When every
-    branch is injected (generator), a small second block conv (``cell_init_std=0.01``) and
-    ``state_norm_scale=0.25`` damp every path: the generator configs use these, which gives a
-    spectral radius of 0.5-0.8 and convergence to 1e-5 in 14-52 Anderson steps.
+    Contraction at init. Only initial values differ from PyTorch's defaults; the architecture,
+    the parameters and their shapes are the reference's. Every path through the cell ends in a
+    GroupNorm, so a path from ``z_i`` to ``z+`` that never meets a ``z``-independent term is
+    scale-invariant in ``z``: no weight scale changes its gain. The classifier and meta cells
+    inject into branch 0 only, and with PyTorch's norm init (scale 1, shift 0) the spectral
+    radius of their ``df/dz`` is 1.1-1.5 and Anderson stalls at relative residuals of 5e-2 to
+    2e-1 after 60 steps. Two init values break the invariance without an injection:
+
+    - ``norm1_bias_init=1`` with ``norm1_scale_init=0.25``: the block's hidden activation
+      ``ReLU(GN1(W1 z))`` starts as the constant 1 plus a ``z``-dependent part 4x smaller, so
+      ``W2 a`` is a ``z``-independent per-channel map plus a small variation and the second
+      norm passes on only that variation's share. (Shift 0 with any scale leaves the path
+      scale-invariant; scale 0 with shift 0 turns the un-injected branches' ``b_i`` into 0 and
+      ``GN3(ReLU(z_i))`` is scale-invariant again.)
+    - ``state_norm_scale=0.25``: the state is 4x smaller than the block's normalised branch
+      ``b_i``, so the residual path ``z_i -> GN3(ReLU(b_i + z_i))`` is damped by ``b_i``.
+
+    Either alone leaves rho > 1 on the classifiers; together they give rho(df/dz) = 0.37-0.74
+    and convergence to 1e-5 in 12-22 Anderson steps at init for every config
+    (``experiments/results/mdeq.md``). The generators, which inject into every branch, also
+    keep ``cell_init_std=0.01`` (a small second block conv, the reference's intended N(0, 0.01)
+    init actually reaching the weight-normed convs). Set ``norm1_scale_init=1``,
+    ``norm1_bias_init=0`` and ``state_norm_scale=1`` for PyTorch's init.
     """
 
     image_shape: tuple[int, int, int]
@@ -86,7 +105,9 @@ class MDEQConfig:
     weight_norm: bool = True
     conv_init_std: float = 0.01
     cell_init_std: float | None = None
-    state_norm_scale: float = 1.0
+    state_norm_scale: float = 0.25
+    norm1_scale_init: float = 0.25
+    norm1_bias_init: float = 1.0
     num_classes: int | None = None
     head_channels: tuple[int, ...] | None = None
     final_channels: int | None = None
@@ -122,6 +143,10 @@ class MDEQConfig:
             raise ValueError(f"`cell_init_std` must be > 0 or None, got {self.cell_init_std!r}.")
         if not self.state_norm_scale > 0:
             raise ValueError(f"`state_norm_scale` must be > 0, got {self.state_norm_scale!r}.")
+        if not self.norm1_scale_init > 0:
+            raise ValueError(f"`norm1_scale_init` must be > 0, got {self.norm1_scale_init!r}.")
+        if not math.isfinite(self.norm1_bias_init):
+            raise ValueError(f"`norm1_bias_init` must be finite, got {self.norm1_bias_init!r}.")
         for i, c in enumerate(self.channels):
             _check_divides("block_groups", self.block_groups, f"channels[{i}]", c)
             _check_divides(
@@ -190,19 +215,17 @@ CELEBA_GEN = MDEQConfig(
     channels=(32, 64, 128, 256),
     latent_dim=128,
     cell_init_std=0.01,
-    state_norm_scale=0.25,
 )
 """``configs/celeba_vae.yaml`` decoder: 64x64 CelebA generator from a 128-d latent
 (D_z = 245,760). The reference's encoder (used only by its VAE baseline) is not built. Its
 decoder has no dropout (the yaml's 0.3 applies to the encoder only). Init: N(0, 0.01) cell
-convs and post-fusion norm scale 0.25, so the cell contracts at init (see ``MDEQConfig``)."""
+convs (see ``MDEQConfig``, "Contraction at init")."""
 
 CELEBA_GEN_TINY = MDEQConfig(
     image_shape=(64, 64, 3),
     channels=(24, 24),
     latent_dim=128,
     cell_init_std=0.01,
-    state_norm_scale=0.25,
 )
 """``configs/celeba_vae_tiny.yaml`` decoder (D_z = 122,880)."""
 
@@ -237,7 +260,6 @@ TINY_GEN = MDEQConfig(
     aux_groups=2,
     latent_dim=16,
     cell_init_std=0.01,
-    state_norm_scale=0.25,
 )
 """A small generator for tests (16-d latent -> 16x16x3 image)."""
 

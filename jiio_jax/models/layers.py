@@ -54,9 +54,10 @@ class GroupNorm(nn.Module):
 
     Attributes:
       num_groups: number of channel groups; must divide ``C``.
-      affine: learn a per-channel scale (init 1) and shift (init 0).
+      affine: learn a per-channel scale (init ``scale_init``) and shift (init ``bias_init``).
       epsilon: added to the variance.
       scale_init: initial value of the scale (PyTorch: 1).
+      bias_init: initial value of the shift (PyTorch: 0).
       param_dtype: dtype of the scale and shift.
     """
 
@@ -64,6 +65,7 @@ class GroupNorm(nn.Module):
     affine: bool = True
     epsilon: float = 1e-5
     scale_init: float = 1.0
+    bias_init: float = 0.0
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -84,9 +86,10 @@ class GroupNorm(nn.Module):
         var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
         y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         if self.affine:
-            init = nn.initializers.constant(self.scale_init)
-            scale = self.param("scale", init, (c,), self.param_dtype)
-            bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+            scale_init = nn.initializers.constant(self.scale_init)
+            bias_init = nn.initializers.constant(self.bias_init)
+            scale = self.param("scale", scale_init, (c,), self.param_dtype)
+            bias = self.param("bias", bias_init, (c,), self.param_dtype)
             y = y * scale.astype(y.dtype) + bias.astype(y.dtype)
         return y
 
