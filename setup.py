@@ -5,6 +5,8 @@ import pathlib
 from setuptools import find_packages, setup
 
 _HERE = pathlib.Path(__file__).parent
+# Peers benchmarked side by side (jaxopt, optimistix), and plotting.
+_BENCH = ["jaxopt>=0.8.5", "optimistix>=0.1.0", "matplotlib>=3.8"]
 
 setup(
     name="jiio_jax",
@@ -32,9 +34,9 @@ setup(
         # GPU wheels; pick the one matching the machine's CUDA driver.
         "cuda12": ["jax[cuda12]>=0.10.2"],
         "cuda13": ["jax[cuda13]>=0.10.2"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.17", "matplotlib>=3.8"],
-        # Peers benchmarked side by side, and plotting.
-        "bench": ["jaxopt>=0.8.5", "optimistix>=0.1.0", "matplotlib>=3.8"],
+        # The benchmark smoke tests run the peers too, so the test extra includes them.
+        "test": _BENCH + ["pytest>=8", "pytest-xdist>=3", "ruff>=0.17"],
+        "bench": _BENCH,
     },
     classifiers=[
         "Programming Language :: Python :: 3",
