@@ -144,7 +144,11 @@ def check_fn_output(fn: Callable, z0: PyTree, name: str = "fn") -> None:
     """Raises ValueError if ``fn(z0)`` differs from ``z0`` in structure, shape or dtype."""
     if not callable(fn):
         raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
-    out = jax.eval_shape(fn, z0)
+    check_output_shapes(jax.eval_shape(fn, z0), z0, name)
+
+
+def check_output_shapes(out: PyTree, z0: PyTree, name: str = "fn") -> None:
+    """Raises ValueError if ``out`` (shapes of ``fn(z0)``) differs from ``z0``."""
     in_def, out_def = jax.tree.structure(z0), jax.tree.structure(out)
     if in_def != out_def:
         raise ValueError(
@@ -248,11 +252,11 @@ def run(
         ``max_steps``.
     """
     z0 = as_state(z0)
-    check_fn_output(fn, z0)
     opts = _Options(max_steps, tol, stop_mode, divergence_ratio)
     if unroll:
+        check_fn_output(fn, z0)
         return _solve_one(algo, fn, z0, opts, unroll=True)
-    fn_explicit, consts = _explicit_closure(fn, z0)
+    fn_explicit, consts = _explicit_closure(fn, z0)  # traces fn once and validates it
     return _batchable_solve(algo, fn_explicit, opts)(z0, consts)
 
 
@@ -262,12 +266,16 @@ def _explicit_closure(fn: Callable, z0: PyTree):
     A custom batching rule only sees its explicit arguments, so arrays ``fn`` closes over
     (weights, the per-sample input under ``vmap``...) are lifted out of its jaxpr.
     """
+    if not callable(fn):
+        raise TypeError(f"`fn` must be callable, got {type(fn).__name__}.")
     leaves, treedef = jax.tree.flatten(z0)
 
     def flat(*ls):
-        return jax.tree.leaves(fn(jax.tree.unflatten(treedef, list(ls))))
+        return fn(jax.tree.unflatten(treedef, list(ls)))
 
-    closed = jax.make_jaxpr(flat)(*leaves)
+    # One trace gives both the jaxpr and the output shapes used to validate fn.
+    closed, out_shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+    check_output_shapes(out_shapes, z0)
     jaxpr = closed.jaxpr
 
     def fn_explicit(z, consts):
