@@ -80,16 +80,18 @@ def spectral_radius(
 ) -> jax.Array:
     r"""Power-method estimate of the spectral radius :math:`\rho(\partial f/\partial z)`.
 
-    Iterates :math:`v \leftarrow Jv/\|Jv\|` with JVPs (no Jacobian is formed) from a random
-    start and returns :math:`\|Jv\|` for the final unit vector. Exact in the limit for a real
-    dominant eigenvalue and for normal Jacobians; for non-normal Jacobians with a complex
-    dominant pair it is an estimate of the same order. Not meant to be differentiated.
+    Iterates :math:`v \leftarrow J^\top v/\|J^\top v\|` with VJPs (no Jacobian is formed)
+    from a random start and returns :math:`\|J^\top v\|` for the final unit vector
+    (:math:`J^\top` has the eigenvalues of :math:`J`). VJPs rather than JVPs so that layers
+    with a custom VJP (the MDEQ convolutions) work. Exact in the limit for a real dominant
+    eigenvalue and for normal Jacobians; for non-normal Jacobians with a complex dominant pair
+    it is an estimate of the same order. Not meant to be differentiated.
 
     Args:
       f: map of one problem.
       z: the point.
       key: PRNG key for the start vector.
-      num_iters: power iterations (> 0), one JVP each.
+      num_iters: power iterations (> 0), one VJP each.
 
     Returns:
       Scalar estimate of :math:`\max_i |\lambda_i(J)|`.
@@ -100,8 +102,10 @@ def spectral_radius(
     z_flat, unravel = ravel_pytree(z)
     z = jax.lax.stop_gradient(z)
 
-    def jvp(v_flat):
-        _, out = jax.jvp(f, (z,), (unravel(v_flat),))
+    _, f_vjp = jax.vjp(f, z)
+
+    def vjp(v_flat):
+        (out,) = f_vjp(unravel(v_flat))
         return ravel_pytree(out)[0]
 
     v0 = jax.random.normal(key, z_flat.shape, z_flat.dtype)
@@ -109,7 +113,7 @@ def spectral_radius(
 
     def body(_, carry):
         v, _ = carry
-        w = jvp(v)
+        w = vjp(v)
         norm = jnp.linalg.norm(w)
         return w / jnp.where(norm > 0, norm, 1.0), norm
 

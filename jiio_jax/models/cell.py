@@ -111,10 +111,9 @@ class ResidualBlock(nn.Module):
             return layers.WeightNormConv(
                 features, 3, kernel_init=self.kernel_init, param_dtype=self.param_dtype, name=name
             )
-        return nn.Conv(
+        return layers.Conv(
             features,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
+            3,
             use_bias=False,
             kernel_init=self.kernel_init,
             param_dtype=self.param_dtype,
@@ -218,9 +217,9 @@ class MDEQCell(nn.Module):
                     cfg.channels[i], 1, kernel_init, self.param_dtype, name=f"post{i}_conv"
                 )(y)
             else:
-                y = nn.Conv(
+                y = layers.Conv(
                     cfg.channels[i],
-                    (1, 1),
+                    1,
                     use_bias=False,
                     kernel_init=kernel_init,
                     param_dtype=self.param_dtype,

@@ -82,10 +82,9 @@ class ImageDecoder(nn.Module):
         y = layers.conv(c0, 3, use_bias=True, std=cfg.conv_init_std, param_dtype=pd)(y)
         for features, name in ((c0, "deconv0"), (cfg.image_shape[2], "deconv1")):
             y = nn.relu(layers.GroupNorm(cfg.aux_groups, param_dtype=pd)(y))
-            y = nn.Conv(
+            y = layers.Conv(
                 features,
-                (3, 3),
-                padding=((1, 1), (1, 1)),
+                3,
                 use_bias=False,
                 kernel_init=_transposed_conv_init(features),
                 param_dtype=pd,
