@@ -29,6 +29,10 @@ setup(
         "orbax-checkpoint>=0.12.0",
         "numpy>=1.26",
         "scikit-learn>=1.3",
+        "grain>=0.2.18",
+        "pillow>=10",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
     ],
     extras_require={
         # GPU wheels; pick the one matching the machine's CUDA driver.

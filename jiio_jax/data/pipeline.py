@@ -1,0 +1,106 @@
+"""grain pipeline: shuffle, flip, shard across processes, repeat, batch; checkpointable.
+
+The whole pipeline is a ``grain.MapDataset`` until the last step, so every element is a pure
+function of ``(seed, position)``: the iterator state is just a position, ``get_state`` /
+``set_state`` resume at exactly the next batch, and orbax saves it with
+``grain.checkpoint.CheckpointSave(iterator)`` next to the train state.
+"""
+
+from typing import Any
+
+import grain
+import jax
+from absl import flags
+
+from jiio_jax.data.config import check_split, read_config
+from jiio_jax.data.images import RandomHorizontalFlip
+from jiio_jax.data.sources import get_source
+
+
+def make_iterator(
+    data_config: Any,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    repeat: bool = True,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """Batches of one split for this process.
+
+    Order of operations, and why:
+
+    1. global shuffle, reshuffled every epoch (grain folds the epoch into the seed);
+    2. random horizontal flip (train split, ``config.data.flip``), seeded per element, so
+       flips are reproducible and change between epochs;
+    3. shard ``[process_index::process_count]`` of the shuffled order: within an epoch the
+       processes see disjoint examples that together cover it. With ``drop_remainder`` the
+       epoch is first cut to a multiple of ``process_count`` so every process has the same
+       number of examples (and, with ``repeat=False``, of batches);
+    4. repeat, then batch, so batches run across epoch boundaries and no example is dropped
+       when repeating.
+
+    Args:
+      data_config: the ``config.data`` ConfigDict (see ``jiio_jax.data.get_source``).
+      split: "train", "test" or (where available) "validation".
+      batch_size: examples per batch on THIS process (global batch / process count).
+      seed: seeds the shuffle and the flips; the same seed gives the same batches.
+      shuffle: shuffle each epoch; turn off for evaluation.
+      repeat: cycle through epochs forever; otherwise stop after one epoch.
+      drop_remainder: drop the last partial batch (and the examples that would make
+        process shards unequal). With ``False`` the last batch may be short and, with several
+        processes, shards may differ by one example.
+      process_index: this process; defaults to ``jax.process_index()``.
+      process_count: number of processes; defaults to ``jax.process_count()``.
+
+    Returns:
+      A grain ``DatasetIterator`` of ``{"image": float32 [batch_size, H, W, C] in [-1, 1],
+      "label": int32 [batch_size]}``. With ``config.data.num_workers > 0`` batches are built in
+      that many worker processes; call ``iterator.close()`` when done with it.
+
+    Raises:
+      ValueError: bad arguments, or a shard with no examples.
+    """
+    options = read_config(data_config)
+    check_split(split)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got {process_index}, {process_count}."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
+
+    dataset = grain.MapDataset.source(get_source(data_config, split)).seed(seed)
+    if shuffle:
+        dataset = dataset.shuffle()
+    if options.flip and split == "train":
+        dataset = dataset.random_map(RandomHorizontalFlip())
+    if drop_remainder:
+        dataset = dataset[: len(dataset) - len(dataset) % process_count]
+    dataset = dataset[process_index::process_count]
+    if len(dataset) == 0:
+        raise ValueError(
+            f"process {process_index} of {process_count} has no {split!r} examples "
+            f"(config.data.path={options.path!r})."
+        )
+    if repeat:
+        dataset = dataset.repeat(None)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    iter_dataset = dataset.to_iter_dataset()
+    if options.num_workers:
+        # grain 0.2.18 reads an absl flag when it starts workers with JAX loaded, which raises
+        # UnparsedFlagAccessError outside absl.app (tests, notebooks); google/grain#1355, fixed
+        # after 0.2.18. Unparsed flags hold their defaults, so marking them parsed changes none.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=options.num_workers)
+        )
+    return iter(iter_dataset)
