@@ -35,11 +35,13 @@ def test_quick_run_writes_report_and_plots(bench, tmp_path):
     results = bench.main(["--quick", "--out", str(tmp_path)])
     text = (tmp_path / "jiio.md").read_text()
     assert "## (a) Latent reconstruction" in text and "## (b) L2 attack vs PGD" in text
+    assert "## (c) Latent reconstruction with the MDEQ generator" in text
     assert "Machine:" in text and "--quick" in text
     for path in results["plots"]:
         assert os.path.getsize(path) > 1000
     recon, attack = results["reconstruction"], results["attack"]
-    for rows in (recon["adam"], recon["jiio"]):
+    mdeq = results["mdeq_reconstruction"]
+    for rows in (recon["adam"], recon["jiio"], mdeq["adam"], mdeq["jiio"]):
         for row in rows.values():
             assert np.isfinite(row["cost"]) and row["time"] > 0
     eps = attack["epsilon"]
