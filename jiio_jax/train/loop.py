@@ -1,0 +1,436 @@
+"""``train_and_evaluate``: the data-parallel training loop for any registered task.
+
+One top-to-bottom function in the flax-examples / big_vision mould:
+
+1. Setup: validate the config, build the task, mesh, optimizer and data iterator.
+2. State: initialise it sharded (jit with ``out_shardings``), or resume it together with the
+   data-iterator position from the latest checkpoint in ``workdir/checkpoints``.
+3. Loop: one jitted ``train_step`` per batch; every ``log_every`` steps fetch the accumulated
+   metrics once (a single host sync), check them and log; evaluate every ``eval_every`` and
+   checkpoint every ``checkpoint_every`` steps, and both at the last step.
+
+Train metrics in ``metrics.jsonl`` are means over each log interval (``lr``: its last value);
+eval metrics are means over ``num_eval_batches`` test batches.
+
+Non-finite loss / gradient detection: every step's loss and gradient norm stay on device until
+the next fetch, which happens at log, eval and checkpoint steps (so at least every
+``log_every`` steps). A non-finite value raises ``FloatingPointError`` naming the exact step.
+Checkpoints are only written after all steps up to them were verified finite, so the last
+checkpoint on disk is always a good state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from jiio_jax import data as data_lib
+from jiio_jax.tasks import Task, get_task
+from jiio_jax.train import checkpoint as ckpt_lib
+from jiio_jax.train import mesh as mesh_lib
+from jiio_jax.train import plots
+from jiio_jax.train.config import validate_config
+from jiio_jax.train.metrics import METRICS_FILE, MetricWriter, flatten_config, read_metrics
+from jiio_jax.train.optim import create_optimizer
+from jiio_jax.train.progress import ReportProgress
+from jiio_jax.train.state import TrainState, create_train_state
+
+# Metrics that must be finite for a step's update to be valid.
+_CHECKED = ("loss", "grad_norm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted steps.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation, lr_fn: optax.Schedule):
+    """The pure update ``train_step(state, batch) -> (state, metrics)`` (to be jitted).
+
+    The step's rng is ``fold_in(state.rng, state.step)``: it depends on the seed and step only,
+    so results do not change with the device count or across a resume. Metrics are the task's
+    scalars plus ``loss``, ``grad_norm`` (before clipping) and ``lr``.
+    """
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        key = state.step_key()
+
+        def loss_fn(params):
+            return task.loss(params, batch, key, state.step)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        for name, value in {"loss": loss, **aux}.items():
+            if jnp.shape(value) != ():
+                raise ValueError(
+                    f"Task.loss must return a scalar loss and scalar metrics; {name!r} has "
+                    f"shape {jnp.shape(value)}."
+                )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            **aux,
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": jnp.asarray(lr_fn(state.step), jnp.float32),
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(task: Task):
+    """``eval_step(params, batch, key) -> {name: sum over the batch}`` of ``task.evaluate``.
+
+    Summing on device (rather than returning the ``[B]`` arrays) keeps the result a replicated
+    scalar, which every process can read even when the batch spans several processes.
+    """
+
+    def eval_step(params, batch, key):
+        per_example = task.evaluate(params, batch, key)
+        batch_size = batch["image"].shape[0]
+        sums = {}
+        for name, value in per_example.items():
+            if value.shape != (batch_size,):
+                raise ValueError(
+                    f"Task.evaluate must return per-example metrics of shape [{batch_size}]; "
+                    f"{name!r} has shape {value.shape}."
+                )
+            sums[name] = jnp.sum(value.astype(jnp.float32))
+        return sums
+
+    return eval_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the loop.
+# ---------------------------------------------------------------------------------------------
+
+
+def _dummy_batch(info: Any, batch_size: int) -> dict[str, jax.Array]:
+    # Init only needs shapes; a per-device-sized batch of zeros avoids touching the iterator.
+    return {
+        "image": jnp.zeros((batch_size, *info.image_shape), jnp.float32),
+        "label": jnp.zeros((batch_size,), jnp.int32),
+    }
+
+
+def _close(iterator: Any) -> None:
+    # Iterators with worker processes (config.data.num_workers > 0) must be closed.
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+def _every(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def _save_loss_curve(workdir: str) -> None:
+    records = read_metrics(os.path.join(workdir, METRICS_FILE))
+    train = [(r["step"], r["loss"]) for r in records if r["split"] == "train" and "loss" in r]
+    evals: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        if r["split"] == "eval":
+            for k, v in r.items():
+                if k not in ("step", "split") and isinstance(v, int | float):
+                    evals.setdefault(k, []).append((r["step"], v))
+    plots.save_loss_curve(os.path.join(workdir, "loss.png"), train, evals)
+
+
+class _TrainMetrics:
+    """Per-step train metrics, kept on device until fetched with one host sync.
+
+    ``fetch`` also checks every fetched step's loss and gradient norm, so a non-finite update
+    is caught (and named) before the state it produced can be checkpointed.
+    """
+
+    def __init__(self):
+        self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+        self._fetched: list[dict[str, float]] = []
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._pending.append((step, metrics))
+
+    def fetch(self, last_saved: int | None) -> None:
+        """Moves pending metrics to host; raises ``FloatingPointError`` on a non-finite step."""
+        if not self._pending:
+            return
+        host = jax.device_get([m for _, m in self._pending])
+        for (step, _), metrics in zip(self._pending, host, strict=True):
+            metrics = {k: float(v) for k, v in metrics.items()}
+            bad = {k: metrics[k] for k in _CHECKED if not np.isfinite(metrics[k])}
+            if bad:
+                values = ", ".join(f"{k}={v}" for k, v in bad.items())
+                raise FloatingPointError(
+                    f"Non-finite {values} at train step {step}; stopping without saving this "
+                    f"state (last good checkpoint: "
+                    f"{'none' if last_saved is None else f'step {last_saved}'})."
+                )
+            self._fetched.append(metrics)
+        self._pending.clear()
+
+    def summary(self) -> dict[str, float]:
+        """Means over the steps fetched since the last summary (``lr``: the latest value)."""
+        records, self._fetched = self._fetched, []
+        out = {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+        out["lr"] = records[-1]["lr"]
+        return out
+
+
+def _evaluate(
+    config: ml_collections.ConfigDict,
+    eval_step,
+    images_fn,
+    params,
+    *,
+    batch_sharding,
+    local_batch: int,
+    num_batches: int,
+    key: jax.Array,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Mean per-example metrics over the first ``num_batches`` test batches, and image grids.
+
+    A fresh unshuffled iterator each time makes every evaluation see the same examples with
+    the same rngs, so evaluations are comparable across steps and runs.
+    """
+    it = data_lib.make_iterator(
+        config.data,
+        "test",
+        local_batch,
+        seed=config.seed,
+        shuffle=False,
+        repeat=False,
+        drop_remainder=True,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    sums, first = [], None
+    try:
+        for i, local in zip(range(num_batches), it, strict=False):
+            batch = mesh_lib.global_batch(local, batch_sharding)
+            first = batch if first is None else first
+            sums.append(eval_step(params, batch, jax.random.fold_in(key, i)))
+    finally:
+        _close(it)
+    sums = jax.device_get(sums)  # One host sync for the whole evaluation.
+    count = len(sums) * config.eval_batch_size
+    means = {f"eval/{k}": float(sum(s[k] for s in sums) / count) for k in sums[0]}
+    return means, jax.device_get(images_fn(params, first, key))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+) -> dict[str, float]:
+    """Trains ``config.task`` and evaluates it periodically; resumes from ``workdir``.
+
+    Every process of a multi-process run calls this with the same config and workdir.
+
+    Args:
+      config: the experiment config; fields read here are documented in
+        :func:`jiio_jax.train.config.get_base_config`, ``config.data`` goes to
+        ``jiio_jax.data`` and the whole config to the task.
+      workdir: output directory: ``checkpoints/``, ``metrics.jsonl``, ``config.json``,
+        ``hparams.json``, ``images/<name>_<step>.png``, ``loss.png`` (and ``tensorboard/``).
+      devices: devices of the data-parallel mesh; default per ``config.num_devices`` (all).
+
+    Returns:
+      The final metrics: ``step``, the last log interval's ``train/<name>`` means and the final
+      ``eval/<name>`` means.
+
+    Raises:
+      ValueError: a config field is invalid (the message names it).
+      FloatingPointError: the loss or gradient norm became NaN/Inf (the message names the
+        step); the last checkpoint on disk predates it.
+    """
+    # -- Setup -----------------------------------------------------------------------------
+    if devices is None:
+        devices = mesh_lib.select_devices(config.get("num_devices", 0))
+    devices = list(devices)
+    process_count, process_index = jax.process_count(), jax.process_index()
+    validate_config(config, num_devices=len(devices), process_count=process_count)
+    is_main = process_index == 0
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    info = data_lib.dataset_info(config.data)
+    task = get_task(config.task)(config)
+    mesh = mesh_lib.make_data_mesh(devices)
+    state_sharding = mesh_lib.replicated(mesh)
+    batch_sharding = mesh_lib.data_sharded(mesh)
+    tx, lr_fn = create_optimizer(config.optim, config.num_train_steps)
+    num_steps = config.num_train_steps
+    local_batch = config.batch_size // process_count
+    local_eval_batch = config.eval_batch_size // process_count
+    # Every process holds at least num_test // process_count test examples, so this many
+    # full batches exist on all of them (processes must run the same number of eval steps).
+    num_eval_batches = min(
+        config.num_eval_batches, info.num_test // process_count // local_eval_batch
+    )
+    if num_eval_batches == 0:
+        raise ValueError(
+            f"config.eval_batch_size={config.eval_batch_size} is larger than the test split "
+            f"({info.num_test} examples over {process_count} processes)."
+        )
+    logging.info(
+        "Process %d/%d; mesh of %d devices (%d local, %s); global batch %d (%d per process).",
+        process_index,
+        process_count,
+        len(devices),
+        len([d for d in devices if d.process_index == process_index]),
+        devices[0].platform,
+        config.batch_size,
+        local_batch,
+    )
+    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+
+    train_step = jax.jit(
+        make_train_step(task, tx, lr_fn),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, state_sharding),  # Metrics replicated: any process reads.
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(make_eval_step(task), out_shardings=state_sharding)
+    images_fn = jax.jit(task.images, out_shardings=state_sharding)
+
+    def init(init_key, train_key):
+        batch = _dummy_batch(info, config.batch_size // len(devices))
+        params = task.init_params(init_key, batch)
+        return create_train_state(params, tx, jax.random.key_data(train_key))
+
+    train_iter = data_lib.make_iterator(
+        config.data,
+        "train",
+        local_batch,
+        seed=config.seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    manager = ckpt_lib.create_checkpoint_manager(
+        workdir, every=config.checkpoint_every, keep=config.keep_checkpoints
+    )
+    writer = None
+    with jax.set_mesh(mesh):
+        try:
+            # -- State: fresh (created sharded) or resumed with the data position ------------
+            state = jax.jit(init, out_shardings=state_sharding)(init_key, train_key)
+            num_params = sum(x.size for x in jax.tree.leaves(state.params))
+            logging.info("Task %r with %s parameters.", config.task, f"{num_params:,}")
+            last_saved = manager.latest_step()
+            if last_saved is not None:
+                state = ckpt_lib.restore(manager, state, train_iter, last_saved)
+                logging.info("Resumed from the checkpoint at step %d.", last_saved)
+            initial_step = int(jax.device_get(state.step))
+            # Metrics logged after the checkpoint by an interrupted run are dropped: they will
+            # be logged again.
+            writer = MetricWriter(
+                workdir,
+                enabled=is_main,
+                tensorboard=config.get("tensorboard", False),
+                purge_step=initial_step + 1,
+            )
+            writer.write_hparams(flatten_config(config.to_dict()))
+
+            def run_eval(step: int) -> dict[str, float]:
+                t0 = time.perf_counter()
+                means, images = _evaluate(
+                    config,
+                    eval_step,
+                    images_fn,
+                    state.params,
+                    batch_sharding=batch_sharding,
+                    local_batch=local_eval_batch,
+                    num_batches=num_eval_batches,
+                    key=eval_key,
+                )
+                writer.write_scalars(step, means)
+                writer.flush()
+                if is_main:
+                    for name, grid in images.items():
+                        path = os.path.join(workdir, "images", f"{name}_{step}.png")
+                        plots.save_image_grid(path, grid)
+                    _save_loss_curve(workdir)
+                logging.info(
+                    "Eval at step %d (%.1fs): %s",
+                    step,
+                    time.perf_counter() - t0,
+                    ", ".join(f"{k[5:]} {v:.4g}" for k, v in means.items()),
+                )
+                return means
+
+            final: dict[str, float] = {"step": max(initial_step, num_steps)}
+            if initial_step >= num_steps:
+                logging.warning(
+                    "Checkpoint step %d >= config.num_train_steps=%d: evaluating only.",
+                    initial_step,
+                    num_steps,
+                )
+                final.update(run_eval(initial_step))
+                return final
+
+            # -- Train loop ----------------------------------------------------------------
+            logging.info("Training steps %d..%d.", initial_step + 1, num_steps)
+            progress = ReportProgress(num_steps, initial_step)
+            train_metrics = _TrainMetrics()
+            for step in range(initial_step + 1, num_steps + 1):
+                t0 = time.perf_counter()
+                batch = mesh_lib.global_batch(next(train_iter), batch_sharding)
+                state, metrics = train_step(state, batch)
+                train_metrics.add(step, metrics)
+                if step == initial_step + 1:
+                    jax.block_until_ready(metrics)  # Make the compile time visible.
+                    logging.info("First step (compile + run): %.1fs.", time.perf_counter() - t0)
+
+                if _every(step, config.log_every, num_steps):
+                    train_metrics.fetch(last_saved)
+                    rate = progress.report(step)
+                    summary = train_metrics.summary()
+                    train = {f"train/{k}": v for k, v in summary.items()}
+                    writer.write_scalars(
+                        step, {**train, "train/steps_per_sec": rate["steps_per_sec"]}
+                    )
+                    writer.flush()
+                    final.update(train)
+                    logging.info("%s", progress.line(step, rate, summary))
+
+                if _every(step, config.eval_every, num_steps):
+                    train_metrics.fetch(last_saved)
+                    progress.pause()
+                    final.update(run_eval(step))
+                    progress.resume()
+
+                if manager.should_save(step) or step == num_steps:
+                    # Only a state whose every update was verified finite is saved.
+                    train_metrics.fetch(last_saved)
+                    progress.pause()
+                    ckpt_lib.save(manager, state, train_iter, force=step == num_steps)
+                    last_saved = step
+                    progress.resume()
+            return final
+        finally:
+            # Let in-flight (already verified) saves finalize, also when raising.
+            manager.wait_until_finished()
+            manager.close()
+            _close(train_iter)
+            if writer is not None:
+                writer.close()
