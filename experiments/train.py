@@ -17,6 +17,7 @@ cluster (Slurm, Open MPI, TPU pods).
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 import jax
@@ -34,6 +35,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+_VERBOSE_LIBRARIES = flags.DEFINE_bool(
+    "verbose_libraries", False, "Keep orbax's INFO logs (hidden by default)."
+)
 
 
 def _maybe_initialize_distributed() -> None:
@@ -50,9 +54,18 @@ def _maybe_initialize_distributed() -> None:
         raise app.UsageError("--num_processes/--process_id need --coordinator_address.")
 
 
+class _QuietLibraries(std_logging.Filter):
+    """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not _VERBOSE_LIBRARIES.value:
+        logging.get_absl_handler().addFilter(_QuietLibraries())
     _maybe_initialize_distributed()
     logging.info(
         "JAX process %d/%d; %d local devices %s; %d devices in total.",
