@@ -1,0 +1,87 @@
+"""The task interface the training loop drives, and the task registry.
+
+A task owns the model and the losses; the training loop (``jiio_jax.train``) owns the
+optimizer, sharding, checkpoints, metrics and data. Every method is a pure function of
+explicit arrays so the loop can ``jax.jit`` it over a ``('data',)`` mesh: batches arrive as a
+dict of global arrays sharded on their leading axis, parameters are replicated.
+
+Batches are dicts with at least ``"image"``: float32 ``[B, H, W, C]`` in ``[-1, 1]`` and
+``"label"``: int32 ``[B]`` (see ``jiio_jax.data``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+class Task(abc.ABC):
+    """One experiment family (generative, inverse problem, adversarial, meta-learning).
+
+    Constructed once from the full config: ``task = get_task(config.task)(config)``.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @abc.abstractmethod
+    def init_params(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
+        """Returns the trainable parameters (a pytree of arrays); ``batch`` gives shapes."""
+
+    @abc.abstractmethod
+    def loss(
+        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, Metrics]:
+        """Training loss (a scalar, the mean over the global batch) and scalar metrics.
+
+        Differentiated w.r.t. ``params`` by the loop. ``step`` is the int32 optimizer step
+        (for schedules such as the VAE's KL warm-up). Metrics are scalars (batch means),
+        e.g. ``{"mse": ..., "jac_loss": ..., "solver_steps": ..., "residual": ...}``.
+        """
+
+    @abc.abstractmethod
+    def evaluate(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> Metrics:
+        """Per-example evaluation metrics, each ``[B]`` (the loop averages over batches).
+
+        E.g. ``{"psnr": ..., "mse": ...}``; eval mode (no dropout).
+        """
+
+    def images(
+        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
+    ) -> dict[str, jax.Array]:
+        """Image grids to save at eval: name -> ``[N, H, W, C]`` in ``[0, 1]``. Optional."""
+        del params, batch, rng
+        return {}
+
+
+_REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {}
+
+
+def register_task(name: str):
+    """Class decorator: ``@register_task("generative")`` makes ``config.task = "generative"``
+    select the class."""
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"Task {name!r} is already registered.")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_task(name: str) -> Callable[[ml_collections.ConfigDict], Task]:
+    """Returns the task class registered as ``name`` (ValueError listing the known ones)."""
+    # Importing the package registers the built-in tasks.
+    import jiio_jax.tasks  # noqa: F401
+
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown config.task {name!r}; registered tasks: {sorted(_REGISTRY)}.")
+    return _REGISTRY[name]

@@ -1,0 +1,353 @@
+r"""Generative modelling and inverse problems with an MDEQ decoder (JIIO or the VAE baseline).
+
+``config.task = "generative"``; ``config.model`` is described in
+``jiio_jax.tasks.gen_config.default_model_config``. Paper §4.1-4.2 and §4.5 of
+``JIIO_REFERENCE.md``.
+
+**JIIO** (``model.method = "jiio"``, decoder only). For each image, with the corruption's
+observation ``y`` and mask ``m`` (``jiio_jax.tasks.corruption``), JIIO solves from
+``(z, x, mu) = 0``
+
+.. math:: x^* = \arg\min_x \sum_p \big(m_p (h(z^*)_p - y_p)\big)^2 + \lambda \|x\|^2
+          \quad\text{s.t.}\quad z^* = f_\theta(z^*, \mathrm{inject}(x))
+
+in one augmented fixed point (``jiio_jax.jiio.solve``, vmapped over the batch); the latent prior
+``lambda = model.latent_penalty`` is 0 in the reference. The outer loss is
+
+.. math:: L = \operatorname{mean}_{b,p}\big(h(\hat z_b)_p - x^{\rm clean}_{bp}\big)^2
+          + \lambda_J\, \operatorname{mean}_b \frac{\|\epsilon^\top \partial f/\partial z\|^2}
+          {\dim z}\Big|_{(z_{t_b}, x_{t_b})},
+   \qquad \hat z = f_\theta(z^*, \mathrm{inject}(x^*)),
+
+with the Jacobian penalty at each sample's trajectory point (reference §1.8, §2.3; or at
+``(z*, x*)`` with ``model.jac_point = "equilibrium"``). Gradients
+follow the reference (§2.1-2.2): ``x*`` is a constant; ``ẑ``'s value is one more application of
+``f`` at the returned point, and its gradient is the implicit one,
+``dL/dθ = u^T ∂f/∂θ`` with ``u = (I - J_f^T)^{-1} ∂L/∂ẑ`` (``J_f`` at ``(z*, x*)``), solved with
+the configured backward mode and warm-started at ``mu* / (B C H W)`` (exact for reconstruction,
+approximate for inverse problems). It is written as ``ẑ = z*_implicit + stop_gradient(f(z*) -
+z*)``: the same gradient as differentiating ``f(z*_implicit)``, but the adjoint solve then
+targets ``∂L/∂ẑ`` itself, which is what the ``mu*`` warm start approximates, and one VJP of ``f``
+is saved.
+
+**VAE** (``model.method = "vae"``): a conv encoder (``jiio_jax.tasks.vae``) maps the observation
+to ``(mu, log sigma)``, ``x = mu + sigma * eps``, the same MDEQ decoder solves its equilibrium
+(``model.forward`` solver, implicit backward) and
+
+.. math:: L = \operatorname{mean}(\hat x - x^{\rm clean})^2
+          + \min(\text{step}/\text{kl\_warmup}, 1)\,
+            \frac{\operatorname{mean}_b \mathrm{KL}_b}{C H W} + \lambda_J J(z^*).
+
+Evaluation decodes the posterior mean. The reference's unrolled-layer pretraining of the VAE
+decoder (``PRETRAIN_STEPS``) is not reproduced.
+
+**Samples** (``images``). The paper fits a density model to the JIIO latents of the training set
+(a VAE + GMM, §5.3) and decodes its draws. In the training loop we fit a Gaussian (mean and full
+covariance with a small ridge) to the optimised latents ``x*`` of the evaluation batch and decode
+draws from it: a cheap in-loop view of the same idea, not the paper's FID pipeline. The VAE
+decodes draws from its prior ``N(0, I)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jiio_jax import jacobian, jiio
+from jiio_jax.jiio import JIIOSolution
+from jiio_jax.models.mdeq import MDEQGenerator
+from jiio_jax.tasks import gen_config as gc
+from jiio_jax.tasks.base import Metrics, PyTree, Task, register_task
+from jiio_jax.tasks.corruption import CORRUPTIONS, Observation, corrupt, psnr, to_unit
+from jiio_jax.tasks.vae import ConvEncoder, kl_divergence, kl_weight
+
+F32 = jnp.float32
+
+
+def _mean(x: jax.Array) -> jax.Array:
+    return jnp.mean(x.astype(F32))
+
+
+@register_task("generative")
+class GenerativeTask(Task):
+    """Reconstruction / inpainting / denoising with an MDEQ decoder, by JIIO or a VAE.
+
+    Parameters: ``{"decoder": {"injection", "cell", "head"}}`` plus ``"encoder"`` for the VAE.
+    See the module docstring for the losses and ``gen_config.default_model_config`` for
+    ``config.model``.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        m = config.model
+        self.method = gc.check_choice("method", m.method, gc.METHODS)
+        self.corruption = gc.check_choice("corruption", m.corruption, CORRUPTIONS)
+        self.arch = gc.build_mdeq_config(config)
+        h, w, _ = self.arch.image_shape
+        self.hole = gc.check_int("hole", m.hole, 1)
+        if self.corruption == "inpaint" and self.hole > min(h, w):
+            raise ValueError(
+                f"config.model.hole={self.hole} is larger than the {h}x{w} images; use at most "
+                f"{min(h, w)} (the reference's 20 is for 64x64)."
+            )
+        self.noise_sigma = gc.check_float("noise_sigma", m.noise_sigma, positive=True)
+        self.latent_penalty = gc.check_float("latent_penalty", m.latent_penalty, positive=False)
+        self.jac_weight = gc.check_float("jac_weight", m.jac_weight, positive=False)
+        self.jac_point = gc.check_choice("jac_point", m.jac_point, gc.JAC_POINTS)
+        self.jac_probes = gc.check_int("jac_probes", m.jac_probes, 1)
+        self.num_image_examples = gc.check_int("num_image_examples", m.num_image_examples, 1)
+        self.num_samples = gc.check_int("num_samples", m.num_samples, 1)
+        self.sample_ridge = gc.check_float("sample_ridge", m.sample_ridge, positive=False)
+        self.warm_start = bool(m.backward.warm_start)
+        backward = gc.build_backward(m.backward)
+        self.model = MDEQGenerator(
+            self.arch, solver=gc.build_solver(m.forward, "forward"), backward=backward
+        )
+        if self.method == "jiio":
+            self.jiio = gc.build_jiio(m.jiio, backward)
+        else:
+            v = m.vae
+            channels = tuple(
+                gc.check_int(f"vae.encoder_channels[{i}]", c, 1)
+                for i, c in enumerate(v.encoder_channels)
+            )
+            groups = gc.check_int("vae.groups", v.groups, 1)
+            if not channels or any(c % groups for c in channels):
+                raise ValueError(
+                    f"config.model.vae.groups={groups} must divide every width of "
+                    f"config.model.vae.encoder_channels={channels} (non-empty)."
+                )
+            dropout = gc.check_float("vae.dropout", v.dropout, positive=False)
+            if dropout >= 1:
+                raise ValueError(f"config.model.vae.dropout={dropout} must be in [0, 1).")
+            self.kl_warmup_steps = gc.check_int("vae.kl_warmup_steps", v.kl_warmup_steps, 0)
+            self.encoder = ConvEncoder(channels, self.arch.latent_dim, groups, dropout)
+
+    # -- parameters ---------------------------------------------------------------------------
+    def init_params(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
+        shape = tuple(batch["image"].shape[1:])
+        if shape != self.arch.image_shape:
+            raise ValueError(
+                f"batch images are {shape} but the model is built for {self.arch.image_shape} "
+                "(config.data.image_size, config.data.image_size, config.data.channels)."
+            )
+        return jax.jit(self._init)(rng)
+
+    def _init(self, rng: jax.Array) -> PyTree:
+        k_dec, k_enc = jax.random.split(rng)
+        params = {"decoder": self.model.init(k_dec)}
+        if self.method == "vae":
+            example = jnp.zeros((1, *self.arch.image_shape), F32)
+            params["encoder"] = self.encoder.init(k_enc, example, train=False)["params"]
+        return params
+
+    # -- the two inference paths --------------------------------------------------------------
+    def _observe(self, key: jax.Array, images: jax.Array) -> Observation:
+        return corrupt(key, images, self.corruption, hole=self.hole, noise_sigma=self.noise_sigma)
+
+    def _solve_jiio(
+        self, dec: PyTree, obs: Observation, key: jax.Array, *, train: bool
+    ) -> tuple[jax.Array, JIIOSolution, jax.Array]:
+        """JIIO per image of the batch.
+
+        Returns:
+          ``(output [B, H, W, C], solution (leading axis B), jac [B])``; ``jac`` is zeros unless
+          training with ``jac_weight > 0``.
+        """
+        model = self.model
+        b = obs.image.shape[0]
+        use_jac = train and self.jac_weight > 0
+        use_trajectory = use_jac and self.jac_point == "trajectory"
+        use_dropout = train and self.arch.dropout > 0
+        k_drop, k_traj, k_jac = jax.random.split(key, 3)
+        dmasks = None
+        if use_dropout:
+            dmasks = jax.vmap(lambda k: model.dropout_masks(k, F32))(jax.random.split(k_drop, b))
+
+        # f and the cost take the same trailing args (jiio.solve's convention); passing the
+        # parameters explicitly lets the implicit gradient reach them.
+        def f(z, x, inj, cell, dmask, head, target, mask):
+            del head, target, mask
+            cin = model.inject(x, inj)
+            if dmask is not None:
+                cin = cin._replace(dropout_mask=dmask)
+            return model.cell(z, cin, cell)
+
+        penalty = self.latent_penalty
+
+        def cost(z, x, inj, cell, dmask, head, target, mask):
+            del inj, cell, dmask
+            fit = jnp.sum(jnp.square(mask * (model.head(z, head) - target)))
+            if penalty:
+                fit = fit + penalty * jnp.sum(jnp.square(x))
+            return fit
+
+        z0 = model.z0(F32)
+        x0 = jnp.zeros((self.arch.latent_dim,), F32)
+        # mu* is the adjoint of the summed per-image cost; the loss averages over B*C*H*W.
+        scale = 1.0 / (b * obs.image[0].size) if self.warm_start else None
+
+        def one(target, mask, dmask, k_t, k_j):
+            args = (dec["injection"], dec["cell"], dmask, dec["head"], target, mask)
+            sol = jiio.solve(
+                f,
+                cost,
+                z0,
+                x0,
+                *args,
+                solver=self.jiio,
+                trajectory_key=k_t if use_trajectory else None,
+                adjoint_init_scale=scale,
+            )
+            frozen = jax.lax.stop_gradient(args)
+            f_star = f(jax.lax.stop_gradient(sol.z), sol.x, *frozen)
+            z_hat = jax.tree.map(lambda zi, fi: zi + jax.lax.stop_gradient(fi - zi), sol.z, f_star)
+            out = model.head(z_hat, dec["head"])
+            if use_jac:
+                if use_trajectory:
+                    z_t, x_t = sol.trajectory_sample
+                else:
+                    z_t, x_t = jax.lax.stop_gradient(sol.z), sol.x
+                jac = jacobian.frobenius_norm_sq(
+                    lambda zz: f(zz, x_t, *args), z_t, k_j, num_probes=self.jac_probes
+                )
+            else:
+                jac = jnp.zeros((), F32)
+            return out, sol, jac
+
+        return jax.vmap(one)(
+            obs.image, obs.mask, dmasks, jax.random.split(k_traj, b), jax.random.split(k_jac, b)
+        )
+
+    def _run_vae(self, params: PyTree, obs: Observation, key: jax.Array, *, train: bool):
+        """Encode, reparameterise (training) or take the mean (eval), decode.
+
+        Returns:
+          ``(output [B, H, W, C], DEQInfo, mean [B, D], log_sigma [B, D])``.
+        """
+        k_enc, k_eps, k_drop, k_jac = jax.random.split(key, 4)
+        mean, log_sigma = self.encoder.apply(
+            {"params": params["encoder"]}, obs.image, train=train, rngs={"dropout": k_enc}
+        )
+        latent = mean
+        if train:
+            latent = mean + jnp.exp(log_sigma) * jax.random.normal(k_eps, mean.shape, mean.dtype)
+        out, info = self.model(
+            params["decoder"],
+            latent,
+            dropout_key=k_drop if train else None,
+            jac_key=k_jac if (train and self.jac_weight > 0) else None,
+        )
+        return out, info, mean, log_sigma
+
+    # -- Task interface -----------------------------------------------------------------------
+    def loss(
+        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, Metrics]:
+        clean = batch["image"]
+        k_obs, k_model = jax.random.split(rng)
+        obs = self._observe(k_obs, clean)
+        if self.method == "jiio":
+            out, sol, jac = self._solve_jiio(params["decoder"], obs, k_model, train=True)
+            mse = jnp.mean(jnp.square(out - clean))
+            jac_loss = jnp.mean(jac)
+            metrics = {
+                "solver_steps": _mean(sol.num_steps),
+                "best_step": _mean(sol.best_step),
+                # Divided by C*H*W: the reference's per-sample c_b (hole pixels count too).
+                "inner_cost": _mean(sol.cost) / clean[0].size,
+                "residual": _mean(sol.z_residual),
+                "adjoint_residual": _mean(sol.mu_residual),
+                "stationarity": _mean(sol.x_residual),
+            }
+            total = mse + self.jac_weight * jac_loss
+        else:
+            out, info, mean, log_sigma = self._run_vae(params, obs, k_model, train=True)
+            mse = jnp.mean(jnp.square(out - clean))
+            jac_loss = info.jac_loss.astype(F32)
+            kl = jnp.mean(kl_divergence(mean, log_sigma)) / clean[0].size
+            weight = kl_weight(step, self.kl_warmup_steps, F32)
+            metrics = {
+                "kl": kl,
+                "kl_weight": weight,
+                "solver_steps": _mean(info.num_steps),
+                "residual": _mean(info.residual),
+            }
+            total = mse + weight * kl + self.jac_weight * jac_loss
+        metrics.update(mse=mse, jac_loss=jac_loss)
+        return total.astype(F32), metrics
+
+    def _reconstruct(self, params: PyTree, clean: jax.Array, rng: jax.Array):
+        """Eval-mode reconstruction: ``(observation, output, latents [B, D], residual [B])``."""
+        k_obs, k_model = jax.random.split(rng)
+        obs = self._observe(k_obs, clean)
+        if self.method == "jiio":
+            out, sol, _ = self._solve_jiio(params["decoder"], obs, k_model, train=False)
+            return obs, out, sol.x, sol.z_residual
+        out, info, mean, _ = self._run_vae(params, obs, k_model, train=False)
+        return obs, out, mean, info.residual
+
+    def evaluate(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> Metrics:
+        """Per-example ``psnr`` (dB, [0, 1] scale), ``mse`` ([-1, 1] scale, as the loss),
+        ``residual`` and, for inverse problems, ``psnr_corrupted`` (of the observation)."""
+        clean = batch["image"]
+        obs, out, _, residual = self._reconstruct(params, clean, rng)
+        metrics = {
+            "psnr": psnr(out, clean),
+            "mse": jnp.mean(jnp.square(out - clean), axis=(1, 2, 3)),
+            "residual": residual.astype(F32),
+        }
+        if self.corruption != "none":
+            metrics["psnr_corrupted"] = psnr(obs.image, clean)
+        return metrics
+
+    def images(
+        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
+    ) -> dict[str, jax.Array]:
+        """``"reconstruction"``: ``[N, H, k W, C]`` rows of clean | observation (inverse problems
+        only) | output for the first ``N = min(B, num_image_examples)`` images;
+        ``"samples"``: ``[num_samples, H, W, C]`` decoded draws (see the module docstring).
+        All in ``[0, 1]``."""
+        clean = batch["image"]
+        k_rec, k_sample = jax.random.split(rng)
+        obs, out, latents, _ = self._reconstruct(params, clean, k_rec)
+        n = min(clean.shape[0], self.num_image_examples)
+        columns = [clean[:n]]
+        if self.corruption != "none":
+            columns.append(obs.image[:n])
+        columns.append(out[:n])
+        grid = to_unit(jnp.concatenate(columns, axis=2))
+        draws = self._sample_latents(k_sample, latents)
+        samples, _ = self.model(params["decoder"], draws)
+        return {"reconstruction": grid, "samples": to_unit(samples)}
+
+    def _sample_latents(self, key: jax.Array, latents: jax.Array) -> jax.Array:
+        """``[num_samples, D]`` draws: N(0, I) (VAE) or a Gaussian fitted to ``latents`` (JIIO)."""
+        d = self.arch.latent_dim
+        eps = jax.random.normal(key, (self.num_samples, d), F32)
+        if self.method == "vae":
+            return eps
+        latents = jax.lax.stop_gradient(latents).astype(F32)
+        mean = jnp.mean(latents, axis=0)
+        centred = latents - mean
+        cov = centred.T @ centred / max(latents.shape[0] - 1, 1)
+        # A batch smaller than D gives a singular covariance; the ridge (relative to the mean
+        # eigenvalue, plus an absolute floor) keeps the Cholesky factor finite.
+        ridge = self.sample_ridge * jnp.trace(cov) / d + 1e-6
+        chol = jnp.linalg.cholesky(cov + ridge * jnp.eye(d, dtype=F32))
+        return mean + eps @ chol.T
+
+
+def task_from_model_config(
+    model: ml_collections.ConfigDict, image_size: int, channels: int
+) -> GenerativeTask:
+    """A ``GenerativeTask`` from a ``config.model`` section alone (tests, notebooks)."""
+    config = ml_collections.ConfigDict(
+        {
+            "task": "generative",
+            "model": model,
+            "data": {"image_size": image_size, "channels": channels},
+        }
+    )
+    return GenerativeTask(config)
