@@ -136,7 +136,7 @@ def _run_small(name, tmp_path, method="jiio"):
     return final
 
 
-@pytest.mark.slow
+# The README's main job (digits_gen) runs in the default suite; the others are slow.
 def test_digits_small_trains_end_to_end(tmp_path):
     _run_small("digits_gen", tmp_path)
 

@@ -17,12 +17,9 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 from train_toy import toy_config
 
 from jiio_jax.train import load_state, read_metrics, train_and_evaluate
-
-pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
