@@ -5,7 +5,7 @@ image JIIO latent inference, outer MSE + Jacobian penalty 2.0 at a trajectory sa
 backward warm-started from JIIO's adjoint), with a small 2-branch MDEQ decoder (8x8x16 and
 4x4x32 states, expansion 2, 16-d latent; 91k parameters), JIIO with T = 30 steps, Anderson
 memory 5 and a constant step size 0.05 (the inner cost sums over only 64 pixels, so it is
-larger than CelebA's 0.01), batch 32, Adam 2e-3 with cosine decay, 800 steps. One deviation
+larger than CelebA's 0.01), batch 32, Adam 2e-3 with cosine decay, 600 steps. One deviation
 from the reference: a latent prior ``0.05 ||x||^2`` in JIIO's inner cost
 (``model.latent_penalty``), which turned blob-like samples into mostly recognisable digits at
 the same reconstruction PSNR (set it to 0 for the reference's unregularised latents).
@@ -21,11 +21,11 @@ Launch::
 
 Data: none to prepare: the 1797 digits ship with scikit-learn (1497 train, 300 test, stratified).
 
-Expected result (measured 2026-11-23 with this config through ``experiments/train.py``, 2 CPU
-cores shared with another training job): held-out reconstruction PSNR 20.7 / 22.1 / 23.0 /
-23.0 dB at steps 200 / 400 / 600 / 800 (all 300 test digits, per image, [0, 1] scale). Wall
-time 10 min 15 s (6 min 46 s of CPU): 16 s init, 89 s to compile the train step, 56 s for the
-first evaluation's compile, 0.3 s per train step unloaded (0.5 s median while sharing).
+Expected result (measured 2026-11-23 through ``experiments/train.py``; see
+``experiments/results/generative.md``): held-out reconstruction PSNR 20.8 / 22.1 / 22.2 dB at
+steps 200 / 400 / 600 (all 300 test digits, per image, [0, 1] scale); 23.0 dB with
+``--config.num_train_steps=800``. About 6 CPU-minutes (~7 min wall on 2 idle cores): 0.3 s per
+train step unloaded, ~90 s to compile the train step and ~60 s for the first evaluation.
 Reconstructions (``images/reconstruction_*.png``: clean | output) are close to the inputs;
 samples (``images/samples_*.png``, a Gaussian fitted to the latents of an eval batch of 100)
 are mostly recognisable but blurrier digits.
@@ -45,10 +45,10 @@ def get_config(arg: str | None = None):
     config.seed = 0
     config.batch_size = 32
     config.eval_batch_size = 100
-    config.num_train_steps = 800
+    config.num_train_steps = 600
     config.log_every = 25
     config.eval_every = 200
-    config.checkpoint_every = 400
+    config.checkpoint_every = 200
     config.keep_checkpoints = 1
     config.num_eval_batches = 3  # The whole 300-image test split.
     config.optim.lr = 2e-3
