@@ -7,6 +7,8 @@ reports shapes and split sizes. Examples are ``{"image": float32 [H, W, C] in [-
 "label": int32}``.
 """
 
+from jiio_jax.data.episodes import episode_info as episode_info
+from jiio_jax.data.episodes import make_episode_iterator as make_episode_iterator
 from jiio_jax.data.pipeline import make_iterator as make_iterator
 from jiio_jax.data.sources import DatasetInfo as DatasetInfo
 from jiio_jax.data.sources import dataset_info as dataset_info

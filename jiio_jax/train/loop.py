@@ -2,7 +2,8 @@
 
 One top-to-bottom function in the flax-examples / big_vision mould:
 
-1. Setup: validate the config, build the task, mesh, optimizer and data iterator.
+1. Setup: validate the config, build the task, mesh, optimizer and data iterator (from
+   ``jiio_jax.data``, or the task's own, e.g. meta-learning episodes: ``_task_data``).
 2. State: initialise it sharded (jit with ``out_shardings``), or resume it together with the
    data-iterator position from the latest checkpoint in ``workdir/checkpoints``.
 3. Loop: one jitted ``train_step`` per batch; every ``log_every`` steps fetch the accumulated
@@ -21,9 +22,10 @@ checkpoint on disk is always a good state.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -131,6 +133,23 @@ def _close(iterator: Any) -> None:
         close()
 
 
+def _task_data(task: Task, config: ml_collections.ConfigDict) -> tuple[Any, Callable]:
+    """``(dataset_info, make_iterator)`` of the task's data.
+
+    By default ``jiio_jax.data`` on ``config.data``. A task whose batches are not image batches
+    (meta-learning episodes) brings its own by defining ``dataset_info()`` (the loop reads
+    ``image_shape`` and ``num_test``) and ``make_iterator(split, batch_size, *, seed, shuffle,
+    repeat, drop_remainder, process_index, process_count)`` with the meaning of
+    ``jiio_jax.data.make_iterator``; its batches are dicts with an ``"image"`` array whose
+    leading axis is the batch.
+    """
+    if callable(getattr(task, "make_iterator", None)):
+        return task.dataset_info(), task.make_iterator
+    return data_lib.dataset_info(config.data), functools.partial(
+        data_lib.make_iterator, config.data
+    )
+
+
 def _every(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
@@ -189,6 +208,7 @@ class _TrainMetrics:
 
 def _evaluate(
     config: ml_collections.ConfigDict,
+    make_iterator: Callable,
     eval_step,
     images_fn,
     params,
@@ -203,8 +223,7 @@ def _evaluate(
     A fresh unshuffled iterator each time makes every evaluation see the same examples with
     the same rngs, so evaluations are comparable across steps and runs.
     """
-    it = data_lib.make_iterator(
-        config.data,
+    it = make_iterator(
         "test",
         local_batch,
         seed=config.seed,
@@ -273,8 +292,8 @@ def train_and_evaluate(
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
-    info = data_lib.dataset_info(config.data)
     task = get_task(config.task)(config)
+    info, make_iterator = _task_data(task, config)
     mesh = mesh_lib.make_data_mesh(devices)
     state_sharding = mesh_lib.replicated(mesh)
     batch_sharding = mesh_lib.data_sharded(mesh)
@@ -318,8 +337,7 @@ def train_and_evaluate(
         params = task.init_params(init_key, batch)
         return create_train_state(params, tx, jax.random.key_data(train_key))
 
-    train_iter = data_lib.make_iterator(
-        config.data,
+    train_iter = make_iterator(
         "train",
         local_batch,
         seed=config.seed,
@@ -355,6 +373,7 @@ def train_and_evaluate(
                 t0 = time.perf_counter()
                 means, images = _evaluate(
                     config,
+                    make_iterator,
                     eval_step,
                     images_fn,
                     state.params,

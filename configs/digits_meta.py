@@ -1,0 +1,85 @@
+r"""Few-shot digits (5-way 1-shot, built in) with a JIIO-adapted FiLM context: CPU-sized iMAML.
+
+The CPU counterpart of ``configs/omniglot_meta.py``: the same task and recipe (per episode,
+JIIO fits a task context ``v`` to the support set through the augmented DEQ over the support
+states, ``v`` and their adjoints; the query loss at the query equilibria with ``v*`` fixed is
+trained through the implicit backward, plus the Jacobian penalty), on scikit-learn's digits.
+
+Data (nothing to prepare): every (digit, quarter turn) pair is a class, 40 in all; the digits
+are split by ``config.data.seed`` into 6 meta-train digits (24 classes) and 4 meta-test digits
+(16 classes), so no meta-test class shares its digit with a meta-training class
+(``jiio_jax.data.episodes``). 5-way 1-shot episodes with 1 query per class, no extra rotation
+augmentation (the classes already are rotations).
+
+Model: ``TINY_META`` at 8x8 (branches 8x8x8 and 4x4x16, expansion 2), a 32-d context,
+pooling 4; 15.5k parameters. Inner cost ``5 sum_i CE_i + 25 mean_k v_k^2`` (the reference's
+scaling, ``context_l2 = 1``). JIIO: Type-I Anderson (memory 10), ``T = 60``, ``alpha`` 0.04
+then 0.01 from step 49 (the reference's schedule rule). Type-I rather than the reference's
+Type-II because it converged faster here: on a model trained with Type-II JIIO (T = 40, 300
+steps), 50 meta-test episodes
+reached a mean inner cost of 34.6 with Type-II at ``T = 40``, 30.0 at ``T = 100``, and 28.5 with
+Type-I at ``T = 60``, vs 28.9 for projected Adam (20 steps of lr 0.1, Broyden forward and
+adjoint solves capped at 20 iterations, as the reference). Query equilibria: Broyden 18 steps;
+implicit backward: Broyden 18 steps; Jacobian penalty 0.5. Outer: 16 episodes per step, 300
+steps, Adam 2e-3 with cosine decay.
+
+Launch::
+
+  python experiments/train.py --config=configs/digits_meta.py --workdir=/tmp/meta_jiio
+  # projected-Adam inner loop for training as well:
+  python experiments/train.py --config=configs/digits_meta.py --workdir=/tmp/meta_adam \
+      --config.model.method=projected_adam
+  # meta-test (mean +- 95% CI over episodes, inner-loop time per batch, both inner solvers):
+  python -m jiio_jax.tasks.meta_eval --config=configs/digits_meta.py --workdir=/tmp/meta_jiio \
+      --num_episodes=600 --batch_size=50
+  # smoke run (one-branch 4-channel MDEQ, 3-way, 2 steps): --config=configs/digits_meta.py:small
+
+RESULTS_PLACEHOLDER
+"""
+
+from jiio_jax.tasks import meta_config
+
+
+def get_config(arg: str | None = None):
+    """5-way 1-shot digits; ``arg="small"`` for the 2-step smoke variant."""
+    data = meta_config.episode_data_config(
+        name="digits",
+        image_size=8,
+        n_way=5,
+        k_shot=1,
+        n_query=1,
+        rotate=False,  # The (digit, quarter turn) classes already are rotations.
+        num_train_characters=6,
+        num_test_episodes=200,
+    )
+    config = meta_config.experiment_config(data)
+    config.seed = 0
+    config.batch_size = 16
+    config.eval_batch_size = 50
+    config.num_train_steps = 300
+    config.log_every = 25
+    config.eval_every = 150
+    config.checkpoint_every = 150
+    config.keep_checkpoints = 1
+    config.num_eval_batches = 4  # All 200 meta-test episodes.
+    config.optim.lr = 2e-3
+
+    m = config.model
+    m.method = "jiio"
+    m.eval_methods = ("jiio", "projected_adam")
+    m.arch = "tiny_meta"  # channels (8, 16), expansion 2
+    m.mdeq.update(context_dim=32, meta_pool=4)
+    m.context_l2 = 1.0
+    m.jiio.update(
+        max_steps=60, memory=10, step_size=0.04, final_step_size=0.01, anderson_type="type1"
+    )
+    m.adam.update(num_steps=20, learning_rate=0.1, solver="broyden", max_steps=20, memory=20)
+    m.forward.update(solver="broyden", max_steps=18, tol=1e-5, memory=18)
+    m.backward.update(mode="implicit", solver="broyden", max_steps=18, tol=1e-5, memory=18)
+    m.jac_weight = 0.5
+    m.jac_probes = 2
+    if arg == "small":
+        meta_config.make_small(config)
+    elif arg:
+        raise ValueError(f"Unknown config variant {arg!r}; use ':small' or nothing.")
+    return config

@@ -1,0 +1,253 @@
+"""``config.model`` of the meta-learning task: defaults, validation, the objects built from it.
+
+Every check raises ``ValueError`` naming the offending ``config.model.<field>`` (or
+``config.data.<field>``). Solver sections share their schema and builders with the generative
+task (``jiio_jax.tasks.gen_config``). See ``default_model_config`` for the fields and
+``jiio_jax.tasks.meta`` for how they are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from jiio_jax.models.configs import CONFIGS, MDEQConfig
+from jiio_jax.tasks.gen_config import build_solver, check_choice, check_float, check_int
+
+METHODS = ("jiio", "projected_adam")
+# MDEQConfig fields a config may override: the image shape and n_way come from config.data.
+MDEQ_FIELDS = tuple(
+    f.name for f in dataclasses.fields(MDEQConfig) if f.name not in ("image_shape", "n_way")
+)
+_TUPLE_FIELDS = ("channels", "head_channels")
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """The full ``config.model`` schema with its defaults (the reference's ``omniglot_imaml``).
+
+    Fields:
+      method: inner solver of training, ``"jiio"`` (augmented DEQ over the support states,
+        the context ``v`` and their adjoints, Type-II Anderson) or ``"projected_adam"`` (Adam
+        on ``v``, each step a warm-started forward and adjoint solve; reference §1.10).
+      eval_methods: inner solvers ``evaluate`` runs on every episode (each reports its own
+        ``*_<method>`` metrics), by default both.
+      arch: base architecture, a name in ``jiio_jax.models.configs.CONFIGS`` (e.g.
+        ``"omniglot_meta"``), or ``""`` to build it from ``mdeq`` alone (then ``mdeq.channels``
+        and ``mdeq.context_dim`` are required). The image shape comes from
+        ``config.data.image_size`` and ``n_way`` from ``config.data.n_way``.
+      mdeq: overrides of ``MDEQConfig`` fields (``None`` = keep the base's), e.g.
+        ``context_dim``, ``meta_pool`` (must not exceed the smallest branch's resolution),
+        ``channels``, ``expansion``.
+      context_l2: ``lam`` of the inner cost ``n_way * S * (mean_i CE_i + lam * mean_k v_k^2)``
+        over the ``S`` support examples (the reference's scaling, ``lam = 1``).
+      jiio: the JIIO solver (same fields as the generative task's ``model.jiio``); reference
+        ``T = 100``, memory 10, ``alpha`` 0.04 -> 0.01 at step 61, Type-II Anderson.
+      adam: the projected-Adam inner loop: ``num_steps`` (20), ``learning_rate`` (0.1), and
+        ``solver``/``max_steps``/``tol``/``memory`` of its warm-started forward and adjoint
+        solves (reference: Broyden capped at 20 iterations).
+      forward: solver of the query equilibrium with ``v*`` fixed (reference: Broyden,
+        ``F_THRES = 18``).
+      backward: implicit backward of the query equilibrium (``mode``, ``solver``,
+        ``max_steps``, ``tol``, ``memory``), started from zero as in the reference.
+      jac_weight: weight of the Hutchinson Jacobian penalty, evaluated at the inner solve's
+        trajectory sample (JIIO) or final support equilibrium (projected Adam), plus at the
+        query equilibrium (reference 0.5; 0 disables it).
+      jac_probes: Hutchinson probes (reference 2).
+    """
+    mdeq = ml_collections.ConfigDict({name: None for name in MDEQ_FIELDS})
+    solver = {"solver": "broyden", "max_steps": 18, "tol": 1e-5, "memory": 18}
+    return ml_collections.ConfigDict(
+        {
+            "method": "jiio",
+            "eval_methods": ("jiio", "projected_adam"),
+            "arch": "omniglot_meta",
+            "mdeq": mdeq,
+            "context_l2": 1.0,
+            "jiio": {
+                "max_steps": 100,
+                "memory": 10,
+                "step_size": 0.04,
+                "final_step_size": 0.01,
+                "accelerator": "anderson",
+                "anderson_type": "type2",
+                "mixing": 1.0,
+                "ridge": 1e-10,
+                "z_damping": 0.8,
+                "mu_damping": 0.6,
+                "best_iterate": "cost_aware",
+                "trajectory_min_step": 15,
+            },
+            "adam": {
+                "num_steps": 20,
+                "learning_rate": 0.1,
+                "solver": "broyden",
+                "max_steps": 20,
+                "tol": 1e-5,
+                "memory": 20,
+            },
+            "forward": dict(solver),
+            "backward": {"mode": "implicit", **solver},
+            "jac_weight": 0.5,
+            "jac_probes": 2,
+        }
+    )
+
+
+def check_methods(value: Any) -> tuple[str, ...]:
+    """``model.eval_methods``: a non-empty tuple of distinct ``METHODS``."""
+    if isinstance(value, str) or not isinstance(value, tuple | list) or not value:
+        raise ValueError(
+            f"config.model.eval_methods={value!r} must be a non-empty tuple of {METHODS}."
+        )
+    methods = tuple(check_choice(f"eval_methods[{i}]", m, METHODS) for i, m in enumerate(value))
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"config.model.eval_methods={value!r} repeats a method.")
+    return methods
+
+
+def build_meta_arch(config: ml_collections.ConfigDict, image_size: int, n_way: int) -> MDEQConfig:
+    """``CONFIGS[model.arch]`` with ``model.mdeq`` overrides, images ``[S, S, 1]`` and
+    ``n_way`` classes; checks that the meta head's pooling fits every branch."""
+    m = config.model
+    overrides = {k: v for k, v in m.mdeq.items() if v is not None}
+    unknown = sorted(set(overrides) - set(MDEQ_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"config.model.mdeq has unknown fields {unknown}; MDEQConfig fields: {MDEQ_FIELDS}."
+        )
+    for name in _TUPLE_FIELDS:
+        if name in overrides:
+            overrides[name] = tuple(overrides[name])
+    image_shape = (image_size, image_size, 1)
+    try:
+        if m.arch:
+            if m.arch not in CONFIGS:
+                raise ValueError(
+                    f"config.model.arch={m.arch!r} is not an MDEQ config; choose one of "
+                    f"{sorted(CONFIGS)} or '' (explicit config.model.mdeq fields)."
+                )
+            cfg = CONFIGS[m.arch].replace(image_shape=image_shape, n_way=n_way, **overrides)
+        else:
+            if "channels" not in overrides:
+                raise ValueError("config.model.arch='' needs config.model.mdeq.channels.")
+            cfg = MDEQConfig(image_shape=image_shape, n_way=n_way, **overrides)
+    except (TypeError, ValueError) as err:
+        if str(err).startswith("config."):
+            raise
+        raise ValueError(f"config.model.mdeq (arch {m.arch!r}): {err}") from err
+    if cfg.context_dim is None:
+        raise ValueError("config.model.mdeq.context_dim must be set (the task context size).")
+    if cfg.dropout:
+        raise ValueError(
+            f"config.model.mdeq.dropout={cfg.dropout} must be 0: the meta learner has no "
+            "dropout (the reference's omniglot config uses none)."
+        )
+    smallest = image_size // 2 ** (cfg.num_branches - 1)
+    if cfg.meta_pool > smallest:
+        raise ValueError(
+            f"config.model.mdeq.meta_pool={cfg.meta_pool} exceeds the smallest branch's "
+            f"resolution {smallest}x{smallest} (image_size {image_size}, "
+            f"{cfg.num_branches} branches); lower it."
+        )
+    return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamConfig:
+    """The checked ``model.adam`` section (see ``default_model_config``)."""
+
+    num_steps: int
+    learning_rate: float
+    solver: Any
+
+
+def build_adam(section: ml_collections.ConfigDict) -> AdamConfig:
+    """``AdamConfig`` from ``config.model.adam``."""
+    return AdamConfig(
+        num_steps=check_int("adam.num_steps", section.num_steps, 1),
+        learning_rate=check_float("adam.learning_rate", section.learning_rate, positive=True),
+        solver=build_solver(section, "adam"),
+    )
+
+
+def episode_data_config(**fields: Any) -> ml_collections.ConfigDict:
+    """``config.data`` with every field the episode loader reads (``jiio_jax.data.episodes``);
+    defaults: the reference's 5-way 1-shot Omniglot with one query per class."""
+    data = ml_collections.ConfigDict(
+        {
+            "name": "omniglot",
+            "path": "",
+            "image_size": 28,
+            "channels": 1,
+            "n_way": 5,
+            "k_shot": 1,
+            "n_query": 1,
+            "rotate": True,
+            "num_train_characters": 1200,
+            "num_test_episodes": 600,
+            "seed": 0,
+            "num_workers": 0,
+        }
+    )
+    data.update(fields)
+    return data
+
+
+def experiment_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A full ``meta`` experiment config: the loop's fields (``get_base_config``), ``data``, and
+    the model defaults (``default_model_config``); Adam 1e-3 with cosine decay and no clipping
+    or weight decay, as the reference."""
+    from jiio_jax.train.config import get_base_config  # Lazy: the loop imports the tasks.
+
+    config = get_base_config()
+    config.task = "meta"
+    config.data = data
+    config.model = default_model_config()
+    config.optim.update(
+        name="adam",
+        lr=1e-3,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.0,
+        schedule="cosine",
+        warmup_steps=0,
+        grad_clip_norm=0.0,
+    )
+    config.tensorboard = False
+    return config
+
+
+def make_small(config: ml_collections.ConfigDict) -> None:
+    """The ``:small`` variant in place: a one-branch 4-channel MDEQ, 3-way episodes, 4 episodes
+    per batch, 2 steps, short inner loops; for smoke tests of the whole pipeline (nothing is
+    learnt)."""
+    config.batch_size = 4
+    config.eval_batch_size = 4
+    config.num_train_steps = 2
+    config.log_every = 1
+    config.eval_every = 2
+    config.checkpoint_every = 2
+    config.keep_checkpoints = 1
+    config.num_eval_batches = 1
+    config.data.update(n_way=3, k_shot=1, n_query=1, num_test_episodes=4, num_workers=0)
+    m = config.model
+    m.arch = ""
+    for field in m.mdeq:
+        m.mdeq[field] = None
+    m.mdeq.update(
+        channels=(4,),
+        context_dim=4,
+        expansion=1,
+        block_groups=2,
+        num_groups=2,
+        aux_groups=2,
+        stem_convs=1,
+        meta_pool=4,
+    )
+    m.jiio.update(max_steps=8, memory=3, final_step_size=None)
+    m.adam.update(num_steps=3, max_steps=4, memory=4)
+    m.forward.update(max_steps=6, memory=6)
+    m.backward.update(max_steps=6, memory=6)
+    m.jac_probes = 1
