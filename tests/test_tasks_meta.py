@@ -192,8 +192,9 @@ def test_bad_config_names_the_field(change, error, match):
 )
 def test_small_config_trains_two_steps(tmp_path, name, method):
     """Both configs' ``:small`` variants run through ``train_and_evaluate`` (one device: the
-    4-device mesh compiles twice as long). The digits run trains with JIIO and evaluates both
-    inner solvers; the Omniglot-layout run trains with projected Adam."""
+    4-device mesh compiles twice as long). To keep compilation short each run covers one inner
+    solver for training and evaluation: JIIO with the Jacobian penalty on digits, projected
+    Adam without it on the Omniglot layout."""
     config = load_config(name, "small")
     config.model.method = method
     config.num_devices = 1
@@ -202,15 +203,17 @@ def test_small_config_trains_two_steps(tmp_path, name, method):
         # (no L2 on it, a large step), so the JIIO objective is the support loss itself.
         config.model.context_l2 = 0.0
         config.model.jiio.update(max_steps=16, step_size=0.3)
+        config.model.eval_methods = ("jiio",)
     else:
         write_omniglot(tmp_path / "omniglot")
         config.data.update(path=str(tmp_path / "omniglot"), num_train_characters=3)
         config.model.eval_methods = ("projected_adam",)
+        config.model.jac_weight = 0.0
     final = train_and_evaluate(config, str(tmp_path / "run"))
     assert final["step"] == 2
     for key in ("train/loss", "train/grad_norm", "train/query_loss", "train/support_loss"):
         assert np.isfinite(final[key]), key
-    assert final["train/jac_loss"] > 0
+    assert (final["train/jac_loss"] > 0) == (config.model.jac_weight > 0)
     inner_steps = config.model.jiio.max_steps if method == "jiio" else config.model.adam.num_steps
     assert final["train/inner_steps"] == inner_steps
     for m in config.model.eval_methods:
@@ -220,7 +223,6 @@ def test_small_config_trains_two_steps(tmp_path, name, method):
         # The JIIO inner solve lowers the support loss below its value at v = 0.
         unadapted = final["eval/support_loss_unadapted"]
         assert final["eval/support_loss_jiio"] < unadapted - 2e-3
-        assert final["eval/support_loss_projected_adam"] < unadapted
     state = load_state(str(tmp_path / "run"))
     assert int(state["step"]) == 2
     assert all(x.dtype == F32 for x in jax.tree.leaves(state["params"]))
