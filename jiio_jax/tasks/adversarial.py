@@ -1,0 +1,363 @@
+r"""Adversarial training of an MDEQ classifier: JIIO (the paper's method), PGD-k, or none.
+
+``config.task = "adversarial"``; ``config.model`` and ``config.eval`` are described in
+``jiio_jax.tasks.adv_config``. Paper §5.2 / ``JIIO_REFERENCE.md`` §4.3, §5.4. Images are in
+``[-1, 1]``; ``epsilon`` is measured on the [0, 1] pixel scale (radius ``r = 2 epsilon`` here)
+and perturbed images stay in ``[-1, 1]`` (``clip_pixels``; ``jiio_jax.tasks.attacks``).
+
+**JIIO training** (``method="jiio"``). Per image, one augmented fixed-point solve
+
+.. math:: \delta^* = \arg\min_{\delta \in S(x)} -\mathrm{CE}(h(z^*), y)
+          \quad\text{s.t.}\quad z^* = f_\theta(z^*, \mathrm{inject}(x + \delta))
+
+with normalised steps and the projection onto ``S(x)`` (``attacks.jiio_attack``), then
+
+.. math:: L = \operatorname{mean}_b \mathrm{CE}(h(\hat z_b), y_b) + \lambda_J \operatorname{mean}_b
+          \frac{\|\epsilon^\top \partial f/\partial z\|^2}{\dim z}\Big|_{(z_{t_b}, \delta_{t_b})},
+          \qquad \hat z = f_\theta(z^*, \mathrm{inject}(x + \delta^*)),
+
+the Jacobian penalty at each sample's trajectory point (or at ``(z*, delta*)``). As in the
+reference (§2.1-2.2) ``delta*`` is a constant (Danskin's theorem) and ``ẑ`` carries the implicit
+gradient ``dL/dθ = u^T ∂f/∂θ``, ``u = (I - J_f^T)^{-1} ∂L/∂ẑ``, warm-started at ``-mu*/B``
+(the attack's cost is ``-CE``, the loss averages over ``B``). It is written
+``ẑ = z*_implicit + stop_gradient(f(z*) - z*)`` (see ``jiio_jax.tasks.generative``).
+
+**PGD training** (``method="pgd"``): ``delta`` from ``attacks.pgd_attack`` (``model.pgd.steps``
+normalised-gradient / sign steps, each a DEQ forward solve + implicit backward, parameters
+frozen), then ``L = mean CE(h(z*(x + delta)), y) + lambda_J J(z*)`` with ``delta`` constant and
+``z*`` re-solved from zero. **Clean training** (``method="clean"``): the same loss at ``x``.
+
+Variational dropout (``mdeq.dropout > 0``): one mask per sample and step, shared by the attack
+and the outer loss (the attacked network is the trained one); never at evaluation.
+
+Epsilon warm-up (``epsilon_warmup_steps``): the training radius grows linearly over the first
+steps (evaluation always uses the full radius).
+
+**Training metrics** (batch means): ``ce`` / ``acc`` on the attacked batch (JIIO: at ``ẑ``),
+``jac_loss``, ``delta_l2`` (``||delta||_2`` on the [0, 1] scale) and ``epsilon`` (the current
+training radius, same scale), ``attack_steps`` (JIIO: augmented-map evaluations; PGD: ``k``),
+``residual`` (JIIO: ``||f(z*) - z*|| / ||f(z*)||`` at the attack's returned point; PGD / clean:
+the forward solver's residual at ``x + delta``), plus ``attack_ce`` (JIIO: the attack's own CE
+estimate at its returned point) or ``solver_steps`` (PGD / clean: forward-solver steps).
+
+**Evaluation** (always eval mode: no dropout; every number from a DEQ re-solved from ``z = 0``
+at the final input with the forward solver, never the attack's internal ``z``): ``clean_acc``,
+``clean_ce``, ``robust_acc_pgd`` / ``robust_ce_pgd`` under PGD-``config.eval.pgd_steps``,
+``robust_acc_jiio`` / ``robust_ce_jiio`` under the JIIO attack, ``residual`` of the clean solve.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jiio_jax import jacobian
+from jiio_jax.jiio import JIIOSolution
+from jiio_jax.models.mdeq import MDEQClassifier
+from jiio_jax.tasks import adv_config
+from jiio_jax.tasks.attacks import (
+    attack_problem,
+    cross_entropy,
+    jiio_attack,
+    pgd_attack,
+    step_scale,
+    threat_sets,
+)
+from jiio_jax.tasks.base import Metrics, PyTree, Task, register_task
+from jiio_jax.tasks.corruption import to_unit
+
+F32 = jnp.float32
+
+
+def _mean(x: jax.Array) -> jax.Array:
+    return jnp.mean(x.astype(F32))
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return (jnp.argmax(logits, axis=-1) == labels).astype(F32)
+
+
+@register_task("adversarial")
+class AdversarialTask(Task):
+    """Adversarially trained MDEQ classifier (see the module docstring).
+
+    Parameters: ``{"injection", "cell", "head"}`` of ``MDEQClassifier``.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        s = adv_config.read_config(config)
+        self.settings = s
+        self.model = MDEQClassifier(s.arch, solver=s.forward, backward=s.backward)
+        scale = step_scale(s.norm, s.arch.image_shape)
+        # epsilon is on the [0, 1] pixel scale; the images are on [-1, 1] (slope 2).
+        self.radius = 2.0 * s.epsilon
+        self.eval_radius = 2.0 * s.eval_epsilon
+        self.step_scale = scale
+        self.eval_jiio = s.eval_jiio.build(self.eval_radius * scale)
+
+    # -- parameters ---------------------------------------------------------------------------
+    def init_params(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
+        shape = tuple(batch["image"].shape[1:])
+        if shape != self.settings.arch.image_shape:
+            raise ValueError(
+                f"batch images are {shape} but the model is built for "
+                f"{self.settings.arch.image_shape} (config.data.image_size, "
+                "config.data.image_size, config.data.channels)."
+            )
+        return jax.jit(self.model.init)(rng)
+
+    # -- building blocks ----------------------------------------------------------------------
+    def _dropout_masks(self, key: jax.Array, batch: int) -> PyTree:
+        if self.settings.arch.dropout <= 0:
+            return None
+        return jax.vmap(lambda k: self.model.dropout_masks(k, F32))(jax.random.split(key, batch))
+
+    def _forward(
+        self,
+        params: PyTree,
+        images: jax.Array,
+        dmasks: PyTree = None,
+        jac_key: jax.Array | None = None,
+    ):
+        """Solves the DEQ of each image from zero: ``(logits [B, K], Solution, jac [B])``.
+
+        ``jac`` is the Jacobian penalty at the equilibrium (zeros without ``jac_key``).
+        """
+        model, b = self.model, images.shape[0]
+        jac_keys = None if jac_key is None else jax.random.split(jac_key, b)
+
+        def one(image, dmask, key):
+            x = model.inject(image, params["injection"])
+            if dmask is not None:
+                x = x._replace(dropout_mask=dmask)
+            sol = model.solve(x, params["cell"])
+            jac = jnp.zeros((), F32)
+            if key is not None:
+                jac = model.jacobian_loss(
+                    sol.value, x, params["cell"], key, self.settings.jac_probes
+                )
+            return model.head(sol.value, params["head"]), sol, jac
+
+        return jax.vmap(one)(images.astype(F32), dmasks, jac_keys)
+
+    def _pgd(
+        self,
+        params: PyTree,
+        images: jax.Array,
+        labels: jax.Array,
+        *,
+        radius: float | jax.Array,
+        pgd: adv_config.PGDSettings,
+        key: jax.Array,
+        dmasks: PyTree = None,
+    ) -> jax.Array:
+        """PGD perturbations ``[B, H, W, C]`` (parameters frozen, gradients stopped)."""
+        s = self.settings
+        frozen = jax.lax.stop_gradient(params)
+        threats = threat_sets(images, radius, s.norm, s.clip_pixels)
+
+        def grad_fn(delta):
+            def total(d):
+                logits, _, _ = self._forward(frozen, images + d, dmasks)
+                return jnp.sum(cross_entropy(logits, labels))
+
+            return jax.grad(total)(delta)
+
+        return pgd_attack(
+            grad_fn,
+            threats,
+            images.shape,
+            steps=pgd.steps,
+            step_size=pgd.step_size,
+            key=key if pgd.random_start else None,
+        )
+
+    def _jiio(
+        self,
+        params: PyTree,
+        images: jax.Array,
+        labels: jax.Array,
+        *,
+        radius: float | jax.Array,
+        solver,
+        dmasks: PyTree = None,
+        trajectory_keys: jax.Array | None = None,
+        adjoint_init_scale: float | None = None,
+    ) -> JIIOSolution:
+        s = self.settings
+        return jiio_attack(
+            self.model,
+            params,
+            images.astype(F32),
+            labels,
+            threat_sets(images, radius, s.norm, s.clip_pixels),
+            solver,
+            dropout_masks=dmasks,
+            trajectory_keys=trajectory_keys,
+            adjoint_init_scale=adjoint_init_scale,
+        )
+
+    def _jiio_outputs(
+        self,
+        params: PyTree,
+        images: jax.Array,
+        labels: jax.Array,
+        sol: JIIOSolution,
+        dmasks: PyTree,
+        jac_key: jax.Array | None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Training logits ``h(ẑ)`` ``[B, K]`` and the Jacobian penalty ``[B]``."""
+        s, model = self.settings, self.model
+        f, _ = attack_problem(model)
+        b = images.shape[0]
+        jac_keys = None if jac_key is None else jax.random.split(jac_key, b)
+        traj = sol.trajectory_sample if s.jac_at_trajectory else None
+
+        def one(z, delta, image, label, dmask, key, sample):
+            args = (params["injection"], params["cell"], params["head"], dmask, image, label)
+            frozen = jax.lax.stop_gradient(args)
+            f_star = f(jax.lax.stop_gradient(z), delta, *frozen)
+            z_hat = jax.tree.map(lambda zi, fi: zi + jax.lax.stop_gradient(fi - zi), z, f_star)
+            logits = model.head(z_hat, params["head"])
+            jac = jnp.zeros((), F32)
+            if key is not None:
+                z_t, d_t = sample if sample is not None else (z, delta)
+                z_t, d_t = jax.lax.stop_gradient((z_t, d_t))
+                jac = jacobian.frobenius_norm_sq(
+                    lambda zz: f(zz, d_t, *args), z_t, key, num_probes=s.jac_probes
+                )
+            return logits, jac
+
+        return jax.vmap(one)(sol.z, sol.x, images, labels, dmasks, jac_keys, traj)
+
+    def train_radius(self, step: jax.Array) -> jax.Array:
+        """The training radius at optimizer ``step`` (``epsilon_warmup_steps``), [-1, 1] scale."""
+        warmup = self.settings.epsilon_warmup_steps
+        if warmup == 0:
+            return jnp.asarray(self.radius, F32)
+        frac = (jnp.asarray(step, F32) + 1.0) / warmup
+        return self.radius * jnp.minimum(frac, 1.0)
+
+    # -- Task interface -----------------------------------------------------------------------
+    def loss(
+        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, Metrics]:
+        s = self.settings
+        radius = self.train_radius(step)
+        images, labels = batch["image"].astype(F32), batch["label"].astype(jnp.int32)
+        b = images.shape[0]
+        k_drop, k_attack, k_jac = jax.random.split(rng, 3)
+        dmasks = self._dropout_masks(k_drop, b)
+        jac_key = k_jac if s.jac_weight > 0 else None
+        if s.method == "jiio":
+            traj_keys = None
+            if jac_key is not None and s.jac_at_trajectory:
+                traj_keys = jax.random.split(k_attack, b)
+            sol = self._jiio(
+                params,
+                images,
+                labels,
+                radius=radius,
+                solver=s.jiio.build(radius * self.step_scale),
+                dmasks=dmasks,
+                trajectory_keys=traj_keys,
+                adjoint_init_scale=-1.0 / b if s.warm_start else None,
+            )
+            logits, jac = self._jiio_outputs(params, images, labels, sol, dmasks, jac_key)
+            delta = sol.x
+            extra = {
+                "attack_steps": _mean(sol.num_steps),
+                "residual": _mean(sol.z_residual),
+                "attack_ce": -_mean(sol.cost),
+            }
+        else:
+            delta = jnp.zeros_like(images)
+            if s.method == "pgd":
+                delta = self._pgd(
+                    params,
+                    images,
+                    labels,
+                    radius=radius,
+                    pgd=s.pgd,
+                    key=k_attack,
+                    dmasks=dmasks,
+                )
+            logits, fsol, jac = self._forward(params, images + delta, dmasks, jac_key)
+            steps = s.pgd.steps if s.method == "pgd" else 0
+            extra = {
+                "attack_steps": jnp.asarray(steps, F32),
+                "residual": _mean(fsol.residual),
+                "solver_steps": _mean(fsol.num_steps),
+            }
+        ce = cross_entropy(logits, labels)
+        jac_loss = _mean(jac)
+        delta_norm = jnp.sqrt(jnp.sum(jnp.square(delta), axis=(1, 2, 3)))
+        metrics = {
+            "ce": _mean(ce),
+            "acc": _mean(_accuracy(logits, labels)),
+            "jac_loss": jac_loss,
+            # On the [0, 1] scale, comparable with epsilon (L2 norm, whatever the threat norm).
+            "delta_l2": _mean(delta_norm) / 2.0,
+            "epsilon": radius / 2.0,
+            **extra,
+        }
+        total = jnp.mean(ce) + s.jac_weight * jac_loss
+        return total.astype(F32), metrics
+
+    def evaluate(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> Metrics:
+        """Per-example ``clean_acc``, ``clean_ce``, ``robust_acc_pgd``, ``robust_ce_pgd``,
+        ``robust_acc_jiio``, ``robust_ce_jiio`` and ``residual`` (of the clean solve); eval mode
+        (see the module docstring)."""
+        images, labels = batch["image"].astype(F32), batch["label"].astype(jnp.int32)
+        params = jax.lax.stop_gradient(params)
+        d_pgd = self._eval_pgd(params, images, labels, rng)
+        d_jiio = self._eval_jiio(params, images, labels)
+        # One batched solve of [x; x + delta_pgd; x + delta_jiio], each re-solved from z = 0:
+        # never the attacks' internal equilibria.
+        b = images.shape[0]
+        stacked = jnp.concatenate([images, images + d_pgd, images + d_jiio])
+        logits, sol, _ = self._forward(params, stacked)
+        labels3 = jnp.tile(labels, 3)
+        acc, ce = _accuracy(logits, labels3), cross_entropy(logits, labels3)
+        return {
+            "clean_acc": acc[:b],
+            "clean_ce": ce[:b],
+            "residual": sol.residual[:b].astype(F32),
+            "robust_acc_pgd": acc[b : 2 * b],
+            "robust_ce_pgd": ce[b : 2 * b],
+            "robust_acc_jiio": acc[2 * b :],
+            "robust_ce_jiio": ce[2 * b :],
+        }
+
+    def _eval_pgd(self, params, images, labels, rng) -> jax.Array:
+        """Eval-mode PGD-``config.eval.pgd_steps`` perturbations ``[B, H, W, C]``."""
+        return self._pgd(
+            params, images, labels, radius=self.eval_radius, pgd=self.settings.eval_pgd, key=rng
+        )
+
+    def _eval_jiio(self, params, images, labels) -> jax.Array:
+        """Eval-mode JIIO-attack perturbations ``[B, H, W, C]``."""
+        sol = self._jiio(params, images, labels, radius=self.eval_radius, solver=self.eval_jiio)
+        return jax.lax.stop_gradient(sol.x)
+
+    def images(
+        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
+    ) -> dict[str, jax.Array]:
+        """``"attack"``: ``[N, H, 3 W, C]`` rows of clean | perturbed | ``|delta|`` (each image's
+        ``|delta|`` divided by its maximum) for the first ``N = min(B, num_image_examples)``
+        images, in ``[0, 1]``, under the evaluation attack of the training method (JIIO for
+        ``method="jiio"``, PGD otherwise; one attack keeps this cheap to compile)."""
+        n = min(batch["image"].shape[0], self.settings.num_image_examples)
+        images = batch["image"][:n].astype(F32)
+        labels = batch["label"][:n].astype(jnp.int32)
+        params = jax.lax.stop_gradient(params)
+        if self.settings.method == "jiio":
+            delta = self._eval_jiio(params, images, labels)
+        else:
+            delta = self._eval_pgd(params, images, labels, rng)
+        mag = jnp.abs(delta)
+        mag = mag / jnp.maximum(jnp.max(mag, axis=(1, 2, 3), keepdims=True), 1e-12)
+        row = [to_unit(images), to_unit(images + delta), mag]
+        return {"attack": jnp.clip(jnp.concatenate(row, axis=2), 0.0, 1.0)}
