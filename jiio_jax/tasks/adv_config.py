@@ -17,20 +17,20 @@ import ml_collections
 from ml_collections import config_dict
 
 from jiio_jax.jiio import JIIO, Constant, Piecewise
-from jiio_jax.models.configs import CONFIGS, MDEQConfig
+from jiio_jax.models.configs import MDEQConfig
 from jiio_jax.tasks.attacks import NORMS
 from jiio_jax.tasks.gen_config import (
+    MDEQ_FIELDS,
+    build_arch,
     build_backward,
     build_solver,
     check_choice,
     check_float,
     check_int,
+    data_image_shape,
 )
 
 METHODS = ("jiio", "pgd", "clean")
-# MDEQConfig fields a config may override (image_shape comes from config.data).
-MDEQ_FIELDS = tuple(f.name for f in dataclasses.fields(MDEQConfig) if f.name != "image_shape")
-_TUPLE_FIELDS = ("channels", "head_channels")
 _CLASSIFIER_FIELDS = ("num_classes", "head_channels", "final_channels")
 
 
@@ -257,40 +257,8 @@ def read_jiio(section: ml_collections.ConfigDict, backward: Any) -> JIIOSettings
 
 
 def build_classifier_config(config: ml_collections.ConfigDict) -> MDEQConfig:
-    """The classifier: ``CONFIGS[model.arch]`` with ``model.mdeq`` overrides and the image shape
-    ``(data.image_size, data.image_size, data.channels)``."""
-    m = config.model
-    image_shape = []
-    for field in ("image_size", "image_size", "channels"):
-        value = config.data[field]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"config.data.{field}={value!r} must be a positive int.")
-        image_shape.append(int(value))
-    overrides = {k: v for k, v in m.mdeq.items() if v is not None}
-    unknown = sorted(set(overrides) - set(MDEQ_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"config.model.mdeq has unknown fields {unknown}; MDEQConfig fields: {MDEQ_FIELDS}."
-        )
-    for name in _TUPLE_FIELDS:
-        if name in overrides:
-            overrides[name] = tuple(overrides[name])
-    try:
-        if m.arch:
-            if m.arch not in CONFIGS:
-                raise ValueError(
-                    f"config.model.arch={m.arch!r} is not an MDEQ config; choose one of "
-                    f"{sorted(CONFIGS)} or '' (explicit config.model.mdeq fields)."
-                )
-            cfg = CONFIGS[m.arch].replace(image_shape=tuple(image_shape), **overrides)
-        else:
-            if "channels" not in overrides:
-                raise ValueError("config.model.arch='' needs config.model.mdeq.channels.")
-            cfg = MDEQConfig(image_shape=tuple(image_shape), **overrides)
-    except (TypeError, ValueError) as err:
-        if str(err).startswith("config."):
-            raise
-        raise ValueError(f"config.model.mdeq (arch {m.arch!r}): {err}") from err
+    """The classifier: ``gen_config.build_arch`` at the data's image shape."""
+    cfg = build_arch(config, data_image_shape(config))
     for name in _CLASSIFIER_FIELDS:
         if getattr(cfg, name) is None:
             raise ValueError(f"config.model.mdeq.{name} must be set (a classifier field).")

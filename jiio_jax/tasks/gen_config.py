@@ -141,22 +141,35 @@ def check_float(field: str, value: Any, *, positive: bool) -> float:
     return float(value)
 
 
-def build_mdeq_config(config: ml_collections.ConfigDict) -> MDEQConfig:
-    """The decoder architecture: ``CONFIGS[model.arch]`` with ``model.mdeq`` overrides and the
-    image shape ``(data.image_size, data.image_size, data.channels)``."""
-    m = config.model
+def data_image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """``(data.image_size, data.image_size, data.channels)``, checked."""
     image_shape = []
     for field in ("image_size", "image_size", "channels"):
         value = config.data[field]
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"config.data.{field}={value!r} must be a positive int.")
         image_shape.append(int(value))
-    image_shape = tuple(image_shape)
+    return tuple(image_shape)
+
+
+def build_arch(
+    config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], **fixed: Any
+) -> MDEQConfig:
+    """``CONFIGS[model.arch]`` (or a fresh ``MDEQConfig`` when ``arch`` is '') with the
+    ``model.mdeq`` overrides, for every task.
+
+    ``image_shape`` and the ``fixed`` fields (e.g. the meta task's ``n_way``) come from the
+    caller, so ``model.mdeq`` may not set them.
+    """
+    m = config.model
+    allowed = tuple(
+        f.name for f in dataclasses.fields(MDEQConfig) if f.name not in ("image_shape", *fixed)
+    )
     overrides = {k: v for k, v in m.mdeq.items() if v is not None}
-    unknown = sorted(set(overrides) - set(MDEQ_FIELDS))
+    unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(
-            f"config.model.mdeq has unknown fields {unknown}; MDEQConfig fields: {MDEQ_FIELDS}."
+            f"config.model.mdeq has unknown fields {unknown}; MDEQConfig fields: {allowed}."
         )
     for name in _TUPLE_FIELDS:
         if name in overrides:
@@ -168,15 +181,19 @@ def build_mdeq_config(config: ml_collections.ConfigDict) -> MDEQConfig:
                     f"config.model.arch={m.arch!r} is not an MDEQ config; choose one of "
                     f"{sorted(CONFIGS)} or '' (explicit config.model.mdeq fields)."
                 )
-            cfg = CONFIGS[m.arch].replace(image_shape=image_shape, **overrides)
-        else:
-            if "channels" not in overrides:
-                raise ValueError("config.model.arch='' needs config.model.mdeq.channels.")
-            cfg = MDEQConfig(image_shape=image_shape, **overrides)
+            return CONFIGS[m.arch].replace(image_shape=image_shape, **fixed, **overrides)
+        if "channels" not in overrides:
+            raise ValueError("config.model.arch='' needs config.model.mdeq.channels.")
+        return MDEQConfig(image_shape=image_shape, **fixed, **overrides)
     except (TypeError, ValueError) as err:
         if str(err).startswith("config."):
             raise
         raise ValueError(f"config.model.mdeq (arch {m.arch!r}): {err}") from err
+
+
+def build_mdeq_config(config: ml_collections.ConfigDict) -> MDEQConfig:
+    """The decoder architecture: ``build_arch`` at the data's image shape."""
+    cfg = build_arch(config, data_image_shape(config))
     if cfg.latent_dim is None:
         raise ValueError("config.model.mdeq.latent_dim must be set (the generator's latent size).")
     return cfg

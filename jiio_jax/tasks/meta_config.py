@@ -13,15 +13,20 @@ from typing import Any
 
 import ml_collections
 
-from jiio_jax.models.configs import CONFIGS, MDEQConfig
-from jiio_jax.tasks.gen_config import build_solver, check_choice, check_float, check_int
+from jiio_jax.models.configs import MDEQConfig
+from jiio_jax.tasks.gen_config import (
+    build_arch,
+    build_solver,
+    check_choice,
+    check_float,
+    check_int,
+)
 
 METHODS = ("jiio", "projected_adam")
 # MDEQConfig fields a config may override: the image shape and n_way come from config.data.
 MDEQ_FIELDS = tuple(
     f.name for f in dataclasses.fields(MDEQConfig) if f.name not in ("image_shape", "n_way")
 )
-_TUPLE_FIELDS = ("channels", "head_channels")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -110,33 +115,7 @@ def check_methods(value: Any) -> tuple[str, ...]:
 def build_meta_arch(config: ml_collections.ConfigDict, image_size: int, n_way: int) -> MDEQConfig:
     """``CONFIGS[model.arch]`` with ``model.mdeq`` overrides, images ``[S, S, 1]`` and
     ``n_way`` classes; checks that the meta head's pooling fits every branch."""
-    m = config.model
-    overrides = {k: v for k, v in m.mdeq.items() if v is not None}
-    unknown = sorted(set(overrides) - set(MDEQ_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"config.model.mdeq has unknown fields {unknown}; MDEQConfig fields: {MDEQ_FIELDS}."
-        )
-    for name in _TUPLE_FIELDS:
-        if name in overrides:
-            overrides[name] = tuple(overrides[name])
-    image_shape = (image_size, image_size, 1)
-    try:
-        if m.arch:
-            if m.arch not in CONFIGS:
-                raise ValueError(
-                    f"config.model.arch={m.arch!r} is not an MDEQ config; choose one of "
-                    f"{sorted(CONFIGS)} or '' (explicit config.model.mdeq fields)."
-                )
-            cfg = CONFIGS[m.arch].replace(image_shape=image_shape, n_way=n_way, **overrides)
-        else:
-            if "channels" not in overrides:
-                raise ValueError("config.model.arch='' needs config.model.mdeq.channels.")
-            cfg = MDEQConfig(image_shape=image_shape, n_way=n_way, **overrides)
-    except (TypeError, ValueError) as err:
-        if str(err).startswith("config."):
-            raise
-        raise ValueError(f"config.model.mdeq (arch {m.arch!r}): {err}") from err
+    cfg = build_arch(config, (image_size, image_size, 1), n_way=n_way)
     if cfg.context_dim is None:
         raise ValueError("config.model.mdeq.context_dim must be set (the task context size).")
     if cfg.dropout:
