@@ -1,5 +1,6 @@
-"""Shared pieces of the generative configs (``configs/*_gen.py``, ``celeba_inpaint.py``,
-``celeba_denoise.py``).
+"""Shared pieces of the configs: data fields, the generative recipe (``configs/*_gen.py``,
+``celeba_inpaint.py``, ``celeba_denoise.py``) and the reference adversarial recipe
+(``mnist_adv.py``, ``cifar_adv.py``).
 
 ``configs/`` is not a package: each config adds its own folder to ``sys.path`` and imports this
 module, which works when ``ml_collections.config_flags`` loads the config by path.
@@ -91,3 +92,36 @@ def make_small(config: ml_collections.ConfigDict, image_size: int = 16) -> None:
     m.vae.kl_warmup_steps = 2
     m.num_image_examples = 4
     m.num_samples = 4
+
+
+def adversarial_reference_config(
+    data: ml_collections.ConfigDict,
+    *,
+    arch: str,
+    train_images: int,
+    epochs: int,
+    jac_at_trajectory: bool,
+    batch_size: int = 96,
+    epsilon: float = 1.0,
+) -> ml_collections.ConfigDict:
+    """The reference's ``*_cls.yaml`` adversarial-training recipe (``mnist_adv``,
+    ``cifar_adv``): L2 ``epsilon`` on the [0, 1] scale, Jacobian penalty 0.01, batch 96,
+    ``epochs`` epochs, evaluation and checkpoints once per epoch on 10 test batches."""
+    from jiio_jax.tasks import adv_config
+
+    config = adv_config.experiment_config(data, get_base_config())
+    steps_per_epoch = train_images // batch_size
+    config.batch_size = batch_size
+    config.eval_batch_size = batch_size
+    config.num_eval_batches = 10
+    config.num_train_steps = epochs * steps_per_epoch
+    config.log_every = 50
+    config.eval_every = steps_per_epoch
+    config.checkpoint_every = steps_per_epoch
+    m = config.model
+    m.arch = arch
+    m.norm = "l2"
+    m.epsilon = epsilon
+    m.jac_weight = 0.01
+    m.jac_at_trajectory = jac_at_trajectory
+    return config

@@ -46,31 +46,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import data_config  # noqa: E402
+from _common import adversarial_reference_config, data_config  # noqa: E402
 
 from jiio_jax.tasks import adv_config  # noqa: E402
-from jiio_jax.train.config import get_base_config  # noqa: E402
-
-TRAIN_IMAGES = 60_000
 
 
 def get_config(arg=None):
     """The full config; ``arg="small"`` gives the CPU smoke-test variant."""
     data = data_config(name="tfds", tfds_name="mnist", image_size=28, channels=1)
-    config = adv_config.experiment_config(data, get_base_config())
-    config.batch_size = 96
-    config.eval_batch_size = 96
-    config.num_eval_batches = 10
-    config.num_train_steps = 10 * TRAIN_IMAGES // 96
-    config.log_every = 50
-    config.eval_every = 625  # one epoch
-    config.checkpoint_every = 625
-    m = config.model
-    m.arch = "mnist_cls"
-    m.norm = "l2"
-    m.epsilon = 1.0
-    m.jac_weight = 0.01
-    m.jac_at_trajectory = False
+    config = adversarial_reference_config(
+        data, arch="mnist_cls", train_images=60_000, epochs=10, jac_at_trajectory=False
+    )
     if arg == "small":
         adv_config.make_small(config)
     elif arg:

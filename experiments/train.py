@@ -17,7 +17,6 @@ cluster (Slurm, Open MPI, TPU pods).
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 
 import jax
@@ -25,6 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jiio_jax.train
+from jiio_jax.train.logs import hide_library_info
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (e.g. configs/generative.py:small).", lock_config=True
@@ -54,18 +54,11 @@ def _maybe_initialize_distributed() -> None:
         raise app.UsageError("--num_processes/--process_id need --coordinator_address.")
 
 
-class _QuietLibraries(std_logging.Filter):
-    """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not _VERBOSE_LIBRARIES.value:
-        logging.get_absl_handler().addFilter(_QuietLibraries())
+        hide_library_info()
     _maybe_initialize_distributed()
     logging.info(
         "JAX process %d/%d; %d local devices %s; %d devices in total.",

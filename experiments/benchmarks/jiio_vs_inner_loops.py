@@ -549,18 +549,20 @@ def attack_experiment(cfg: BenchConfig, params, batches: list) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def _plot_methods(ax, methods: tuple, metric: str) -> None:
+    """One line per ``(name, rows, marker)``: ``rows[steps][metric]`` vs time, labelled by steps."""
+    for name, rows, marker in methods:
+        keys = sorted(rows)
+        times = [rows[k]["time"] * 1e3 for k in keys]
+        values = [rows[k][metric] for k in keys]
+        ax.plot(times, values, marker=marker, label=name)
+        for k, t, v in zip(keys, times, values, strict=True):
+            ax.annotate(str(k), (t, v), fontsize=7)
+
+
 def _plot_reconstruction(plt, path: str, recon: dict, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows, marker in (("Adam over DEQ", recon["adam"], "o"), ("JIIO", recon["jiio"], "s")):
-        keys = sorted(rows)
-        ax.plot(
-            [rows[k]["time"] * 1e3 for k in keys],
-            [rows[k]["cost"] for k in keys],
-            marker=marker,
-            label=name,
-        )
-        for k in keys:
-            ax.annotate(str(k), (rows[k]["time"] * 1e3, rows[k]["cost"]), fontsize=7)
+    _plot_methods(ax, (("Adam over DEQ", recon["adam"], "o"), ("JIIO", recon["jiio"], "s")), "cost")
     ax.axhline(
         recon["target"], color="gray", ls="--", lw=1, label=f"Adam-{recon['reference_steps']} cost"
     )
@@ -588,16 +590,7 @@ def plot(out_dir: str, recon: dict, attack: dict, mdeq_recon: dict) -> list[str]
     _plot_reconstruction(plt, paths[0], recon, "Dense DEQ decoder (labels: steps)")
     _plot_reconstruction(plt, paths[1], mdeq_recon, "MDEQ generator (labels: steps)")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows, marker in (("PGD-k", attack["pgd"], "o"), ("JIIO", attack["jiio"], "s")):
-        keys = sorted(rows)
-        ax.plot(
-            [rows[k]["time"] * 1e3 for k in keys],
-            [rows[k]["ce"] for k in keys],
-            marker=marker,
-            label=name,
-        )
-        for k in keys:
-            ax.annotate(str(k), (rows[k]["time"] * 1e3, rows[k]["ce"]), fontsize=7)
+    _plot_methods(ax, (("PGD-k", attack["pgd"], "o"), ("JIIO", attack["jiio"], "s")), "ce")
     ax.axhline(
         attack["pgd"][attack["reference_steps"]]["ce"],
         color="gray",
