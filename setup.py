@@ -38,8 +38,17 @@ setup(
         # GPU wheels; pick the one matching the machine's CUDA driver.
         "cuda12": ["jax[cuda12]>=0.10.2"],
         "cuda13": ["jax[cuda13]>=0.10.2"],
-        # The benchmark smoke tests run the peers too, so the test extra includes them.
-        "test": _BENCH + ["pytest>=8", "pytest-xdist>=3", "ruff>=0.17"],
+        # The benchmark smoke tests run the peers too, so the test extra includes them;
+        # nbclient, nbformat and ipykernel execute the quickstart notebook (a slow test).
+        "test": _BENCH
+        + [
+            "pytest>=8",
+            "pytest-xdist>=3",
+            "ruff>=0.17",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
         "bench": _BENCH,
     },
     classifiers=[
