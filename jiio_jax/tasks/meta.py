@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jiio_jax import jiio
+from jiio_jax import jacobian, jiio
 from jiio_jax.data.episodes import (
     EpisodeInfo,
     episode_info,
@@ -221,18 +221,14 @@ class MetaTask(Task):
         Returns:
           An ``InnerResult`` with a leading episode axis ``B``.
         """
-        b, s = labels.shape
-        # The zero start is passed in per episode rather than created inside the vmap: an
-        # unbatched start makes the first JIIO step's cell inputs unbatched while their
-        # cotangents are batched, and under the training loop's mesh JAX 0.10's conv batching
-        # rule raises NotImplementedError on that combination (rhs-only batching with groups).
-        z0 = jax.tree.map(lambda a: jnp.zeros((b, s, *a.shape), F32), self.model.z0(F32))
-        v0 = jnp.zeros((b, self.arch.context_dim), F32)
+        s = labels.shape[1]
+        z0 = jax.tree.map(lambda a: jnp.zeros((s, *a.shape), F32), self.model.z0(F32))
+        v0 = jnp.zeros((self.arch.context_dim,), F32)
 
-        def one(im, lab, z, v, key):
-            return self._adapt_one(params, im, lab, z, v, method, key)
+        def one(im, lab, key):
+            return self._adapt_one(params, im, lab, z0, v0, method, key)
 
-        return jax.vmap(one)(images.astype(F32), labels, z0, v0, keys)
+        return jax.vmap(one)(images.astype(F32), labels, keys)
 
     def _adapt_one(self, params, images, labels, z0, v0, method, key) -> InnerResult:
         p = jax.lax.stop_gradient(params)
@@ -354,21 +350,9 @@ class MetaTask(Task):
 
             return jax.vmap(one)(zz, stems, films, scale)
 
-        # Hutchinson with the probes unrolled, not vmapped as in jacobian.frobenius_norm_sq: a
-        # probe vmap around this row vmap leaves the conv inputs unbatched (over probes) but
-        # their cotangents batched, which JAX 0.10's conv batching rule rejects
-        # (NotImplementedError) for the row-grouped kernel-gradient conv under the loop's mesh.
-        _, vjp = jax.vjp(scaled_map, z)
-        total = jnp.zeros((), F32)
-        for probe_key in jax.random.split(key, self.jac_probes):
-            leaves, treedef = jax.tree.flatten(z)
-            keys = jax.random.split(probe_key, len(leaves))
-            probe = jax.tree.unflatten(
-                treedef,
-                [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves, strict=True)],
-            )
-            total += sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(vjp(probe)[0]))
-        return total / self.jac_probes
+        return jacobian.frobenius_norm_sq(
+            scaled_map, z, key, num_probes=self.jac_probes, normalize=False
+        )
 
     # -- Task interface -----------------------------------------------------------------------
     def loss(
