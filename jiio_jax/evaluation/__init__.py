@@ -55,7 +55,7 @@ class EvalOptions:
         test images compared (samples, fid), or meta-test episodes (meta); default all of
         the split / ``config.data.num_test_episodes``.
       batch_size: examples (or episodes) per batch; default ``config.eval_batch_size``.
-      steps: iteration counts: PGD-k / JIIO-k attack steps (attack, up to 100), or the
+      steps: iteration counts: PGD-k / JIIO-k attack steps (attack, at most 1000), or the
         JIIO step budgets to time (timing).
       attacks: attacks to run (``"pgd"``, ``"jiio"``).
       methods: inner solvers to compare (meta, timing).
