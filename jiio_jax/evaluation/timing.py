@@ -115,6 +115,16 @@ def _summary(
     }
 
 
+def _jiio_rows(budgets, seconds, compiles, quality, fevals) -> dict[str, dict[str, Any]]:
+    """Per JIIO budget ``k``: the summary of the entries named ``f"jiio{k}"``."""
+    return {
+        str(k): _summary(
+            seconds[f"jiio{k}"], compiles[f"jiio{k}"], quality[f"jiio{k}"], fevals[f"jiio{k}"]
+        )
+        for k in budgets
+    }
+
+
 def _equal_quality(
     baseline: dict[str, Any], budgets: dict[str, dict[str, Any]], higher_is_better: bool
 ) -> dict[str, Any]:
@@ -267,11 +277,7 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
         name="inner_adam", steps=ADAM_STEPS, learning_rate=best_lr,
         learning_rate_grid_quality={str(lr): q for lr, q in lr_quality.items()},
     )  # fmt: skip
-    rows = {
-        str(k): _summary(seconds[f"jiio{k}"], compiles[f"jiio{k}"], quality[f"jiio{k}"],
-                         fevals[f"jiio{k}"])
-        for k in budgets
-    }  # fmt: skip
+    rows = _jiio_rows(budgets, seconds, compiles, quality, fevals)
     initial = float(score(dec, jnp.zeros((len(images), *x0.shape), F32), obs.image, obs.mask))
     return {
         "batch_size": len(images),
@@ -320,11 +326,7 @@ def _adversarial(config, params, options, budgets, batch_size) -> dict[str, Any]
         name="pgd", steps=pgd_steps, step_size=s.eval_pgd.step_size,
         random_start=s.eval_pgd.random_start,
     )  # fmt: skip
-    rows = {
-        str(k): _summary(seconds[f"jiio{k}"], compiles[f"jiio{k}"], quality[f"jiio{k}"],
-                         fevals[f"jiio{k}"])
-        for k in budgets
-    }  # fmt: skip
+    rows = _jiio_rows(budgets, seconds, compiles, quality, fevals)
     return {
         "batch_size": int(valid.sum()),
         "epsilon": s.eval_epsilon,
@@ -342,19 +344,11 @@ def _adversarial(config, params, options, budgets, batch_size) -> dict[str, Any]
 # -- meta ---------------------------------------------------------------------------------------
 def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
     from jiio_jax.tasks.meta import MetaTask, cross_entropy
+    from jiio_jax.tasks.meta_eval import test_batches
 
     base_task = MetaTask(config)
-    iterator = base_task.make_iterator(
-        "test",
-        batch_size,
-        seed=config.seed,
-        shuffle=False,
-        repeat=False,
-        process_index=0,
-        process_count=1,
-    )
     try:
-        batch = jax.tree.map(jnp.asarray, next(iter(iterator)))
+        batch = next(test_batches(base_task, batch_size))
     except StopIteration:
         raise ValueError(
             f"fewer than batch_size={batch_size} meta-test episodes "

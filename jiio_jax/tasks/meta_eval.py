@@ -34,6 +34,21 @@ from jiio_jax.tasks.meta_config import check_methods
 RESULTS_FILE = "meta_test.json"
 
 
+def test_batches(task: MetaTask, batch_size: int):
+    """The meta-test episodes in order, ``batch_size`` per batch (device arrays), once each."""
+    iterator = task.make_iterator(
+        "test",
+        batch_size,
+        seed=task.config.seed,
+        shuffle=False,
+        repeat=False,
+        process_index=0,
+        process_count=1,
+    )
+    for batch in iterator:
+        yield jax.tree.map(jnp.asarray, batch)
+
+
 def meta_test(
     config: ml_collections.ConfigDict,
     params: Any,
@@ -68,16 +83,7 @@ def meta_test(
     task = MetaTask(config)
     methods = check_methods(tuple(methods) if methods else task.eval_methods)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-    iterator = task.make_iterator(
-        "test",
-        batch_size,
-        seed=config.seed,
-        shuffle=False,
-        repeat=False,
-        process_index=0,
-        process_count=1,
-    )
-    batches = [jax.tree.map(jnp.asarray, b) for b in iterator]
+    batches = list(test_batches(task, batch_size))
 
     @jax.jit
     def score(p, contexts, images, labels):
