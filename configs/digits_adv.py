@@ -37,9 +37,9 @@ none (``clean``)       0.943       0.283           0.300            5m49s
 =====================  ==========  ==============  ===============  ============
 
 Against PGD-20 training (``experiments/benchmarks/adversarial_training.py``, same init and
-batches, steps interleaved in one process, 2026-11-24): JIIO-20 0.930 / 0.650 / 0.647 in 229 s
-of train steps vs PGD-20 0.937 / 0.627 / 0.627 in 843 s (3.68x less; 2.33x counting
-compilation); see ``experiments/results/adversarial.md``.
+batches, steps interleaved in one process, idle 2 cores, 2026-11-24): JIIO-20 0.937 / 0.663 /
+0.650 in 87 s of train steps vs PGD-20 0.937 / 0.640 / 0.633 in 366 s (4.19x less; 3.34x
+counting compilation); see ``experiments/results/adversarial.md``.
 
 Adversarial training lifts PGD-20 robust accuracy from 0.28 to 0.68 at no clean-accuracy cost;
 JIIO- and PGD-trained models are equally robust. Wall times are dominated by load and
