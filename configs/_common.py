@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jiio_jax.tasks.gen_config import default_model_config
+from jiio_jax.tasks.gen_config import default_model_config, make_small_loop, override_arch
 from jiio_jax.train.config import get_base_config
 
 # The reference's inpainting hole (20 pixels) is for 64x64 images; smaller images get the same
@@ -69,21 +69,12 @@ def make_small(config: ml_collections.ConfigDict, image_size: int = 16) -> None:
 
     For smoke tests of the whole pipeline (data, task, loop, checkpoints); nothing is learnt.
     """
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.num_train_steps = 4
-    config.log_every = 1
-    config.eval_every = 2
-    config.checkpoint_every = 2
-    config.keep_checkpoints = 1
-    config.num_eval_batches = 1
+    make_small_loop(config, num_train_steps=4)
     config.optim.warmup_steps = 0
     config.data.image_size = image_size
     config.data.num_workers = 0
     m = config.model
-    m.arch = "tiny_gen"  # channels (8, 16), expansion 2, latent 16
-    for field in m.mdeq:
-        m.mdeq[field] = None
+    override_arch(m, "tiny_gen")  # channels (8, 16), expansion 2, latent 16
     m.hole = scaled_hole(image_size)
     m.jiio.update(max_steps=8, memory=3, step_size=0.05, final_step_size=None)
     m.forward.update(max_steps=6, memory=3)

@@ -28,6 +28,8 @@ from jiio_jax.tasks.gen_config import (
     check_float,
     check_int,
     data_image_shape,
+    make_small_loop,
+    override_arch,
 )
 
 METHODS = ("jiio", "pgd", "clean")
@@ -399,19 +401,10 @@ def experiment_config(
 def make_small(config: ml_collections.ConfigDict) -> None:
     """The ``:small`` CPU variant in place: a one-branch 4-channel MDEQ, batch 4, 4 steps,
     2-6 solver / attack steps. For smoke tests of the whole pipeline; nothing is learnt."""
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.num_train_steps = 4
-    config.log_every = 1
-    config.eval_every = 2
-    config.checkpoint_every = 2
-    config.keep_checkpoints = 1
-    config.num_eval_batches = 1
+    make_small_loop(config, num_train_steps=4)
     m = config.model
-    m.arch = ""
-    for field in m.mdeq:
-        m.mdeq[field] = None
-    m.mdeq.update(
+    override_arch(
+        m,
         channels=(4,),
         expansion=1,
         block_groups=2,

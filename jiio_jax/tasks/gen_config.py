@@ -253,3 +253,25 @@ def build_jiio(section: ml_collections.ConfigDict, backward: Any) -> JIIO:
         if str(err).startswith("config."):
             raise
         raise ValueError(f"config.model.jiio: {err}") from err
+
+
+def make_small_loop(config: ml_collections.ConfigDict, num_train_steps: int) -> None:
+    """The loop fields every ``:small`` smoke variant shares, in place: batch 4, one eval batch,
+    log every step, eval and checkpoint every 2 steps, one checkpoint kept."""
+    config.batch_size = 4
+    config.eval_batch_size = 4
+    config.num_train_steps = num_train_steps
+    config.log_every = 1
+    config.eval_every = 2
+    config.checkpoint_every = 2
+    config.keep_checkpoints = 1
+    config.num_eval_batches = 1
+
+
+def override_arch(model: ml_collections.ConfigDict, arch: str = "", **mdeq_fields: Any) -> None:
+    """Sets ``model.arch`` and clears every ``model.mdeq`` override, then sets ``mdeq_fields``
+    (with ``arch=""`` they define the whole architecture)."""
+    model.arch = arch
+    for field in model.mdeq:
+        model.mdeq[field] = None
+    model.mdeq.update(mdeq_fields)

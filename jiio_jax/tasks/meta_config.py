@@ -20,6 +20,8 @@ from jiio_jax.tasks.gen_config import (
     check_choice,
     check_float,
     check_int,
+    make_small_loop,
+    override_arch,
 )
 
 METHODS = ("jiio", "projected_adam")
@@ -202,20 +204,11 @@ def make_small(config: ml_collections.ConfigDict) -> None:
     """The ``:small`` variant in place: a one-branch 4-channel MDEQ, 3-way episodes, 4 episodes
     per batch, 2 steps, short inner loops; for smoke tests of the whole pipeline (nothing is
     learnt)."""
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.num_train_steps = 2
-    config.log_every = 1
-    config.eval_every = 2
-    config.checkpoint_every = 2
-    config.keep_checkpoints = 1
-    config.num_eval_batches = 1
+    make_small_loop(config, num_train_steps=2)
     config.data.update(n_way=3, k_shot=1, n_query=1, num_test_episodes=4, num_workers=0)
     m = config.model
-    m.arch = ""
-    for field in m.mdeq:
-        m.mdeq[field] = None
-    m.mdeq.update(
+    override_arch(
+        m,
         channels=(4,),
         context_dim=4,
         expansion=1,
