@@ -45,7 +45,6 @@ import numpy as np
 from PIL import Image
 
 from jiio_jax.evaluation import features as features_lib
-from jiio_jax.tasks.corruption import psnr as psnr_fn
 from jiio_jax.tasks.generative import GenerativeTask
 from jiio_jax.train import plots
 
@@ -77,22 +76,15 @@ def _compiled(config: ml_collections.ConfigDict) -> dict[str, Any]:
         return _COMPILED[key]
     task = GenerativeTask(config)
 
-    def reconstruct(params, clean, rng):
-        obs, out, latents, residual = task._reconstruct(params, clean, rng)
-        metrics = {
-            "psnr": psnr_fn(out, clean),
-            "mse": jnp.mean(jnp.square(out - clean), axis=(1, 2, 3)),
-            "residual": residual.astype(F32),
-        }
-        if task.corruption != "none":
-            metrics["psnr_corrupted"] = psnr_fn(obs.image, clean)
-        return metrics, latents, out, obs.image
-
     def decode(params, latents):
         out, info = task.model(params["decoder"], latents)
         return out, info.residual.astype(F32)
 
-    entry = {"task": task, "reconstruct": jax.jit(reconstruct), "decode": jax.jit(decode)}
+    entry = {
+        "task": task,
+        "reconstruct": jax.jit(task.reconstruct_and_score),
+        "decode": jax.jit(decode),
+    }
     if len(_COMPILED) >= 4:
         _COMPILED.pop(next(iter(_COMPILED)))
     _COMPILED[key] = entry

@@ -288,11 +288,16 @@ class GenerativeTask(Task):
         out, info, mean, _ = self._run_vae(params, obs, k_model, train=False)
         return obs, out, mean, info.residual
 
-    def evaluate(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> Metrics:
-        """Per-example ``psnr`` (dB, [0, 1] scale), ``mse`` ([-1, 1] scale, as the loss),
-        ``residual`` and, for inverse problems, ``psnr_corrupted`` (of the observation)."""
-        clean = batch["image"]
-        obs, out, _, residual = self._reconstruct(params, clean, rng)
+    def reconstruct_and_score(
+        self, params: PyTree, clean: jax.Array, rng: jax.Array
+    ) -> tuple[Metrics, jax.Array, jax.Array, jax.Array]:
+        """Eval-mode reconstruction of ``clean`` with its per-example metrics.
+
+        Returns:
+          ``(metrics, latents [B, D], output [B, H, W, C], observation [B, H, W, C])``;
+          ``metrics`` as :meth:`evaluate`.
+        """
+        obs, out, latents, residual = self._reconstruct(params, clean, rng)
         metrics = {
             "psnr": psnr(out, clean),
             "mse": jnp.mean(jnp.square(out - clean), axis=(1, 2, 3)),
@@ -300,7 +305,12 @@ class GenerativeTask(Task):
         }
         if self.corruption != "none":
             metrics["psnr_corrupted"] = psnr(obs.image, clean)
-        return metrics
+        return metrics, latents, out, obs.image
+
+    def evaluate(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> Metrics:
+        """Per-example ``psnr`` (dB, [0, 1] scale), ``mse`` ([-1, 1] scale, as the loss),
+        ``residual`` and, for inverse problems, ``psnr_corrupted`` (of the observation)."""
+        return self.reconstruct_and_score(params, batch["image"], rng)[0]
 
     def images(
         self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
