@@ -2,11 +2,16 @@ r"""Trains a registered task: a thin command line over ``jiio_jax.train.train_an
 
 Single process (all local devices)::
 
-  python experiments/train.py --config=configs/generative.py:small --workdir=/tmp/run \
+  python experiments/train.py --config=configs/digits_gen.py:small --workdir=/tmp/run \
       --config.optim.lr=3e-4
 
-Rerunning with the same ``--workdir`` resumes from its latest checkpoint. Multi-process (one
-command per process; all share ``--workdir``)::
+Rerunning with the same ``--workdir`` resumes from its latest checkpoint. The workdir's
+``config.json`` records the run's config: a rerun must use the same config, except for the
+loop's cadence fields (``num_train_steps``, ``log_every``, ``eval_every``,
+``checkpoint_every``, ...), whose changes are recorded in ``config_history.jsonl``. Ctrl-C or
+SIGTERM saves a checkpoint at the current step; rerun the same command to resume.
+
+Multi-process (one command per process; all share ``--workdir``)::
 
   python experiments/train.py --config=... --workdir=/shared/run \
       --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
@@ -18,16 +23,21 @@ cluster (Slurm, Open MPI, TPU pods).
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jiio_jax.train
+from jiio_jax.train.checkpoint import CheckpointError
+from jiio_jax.train.interrupt import TrainingInterrupted
 from jiio_jax.train.logs import hide_library_info
+from jiio_jax.train.record import ConfigConflictError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (e.g. configs/generative.py:small).", lock_config=True
+    "config", None, "Experiment config file (e.g. configs/digits_gen.py:small).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and checkpoint directory.", required=True)
 _COORDINATOR = flags.DEFINE_string(
@@ -71,8 +81,22 @@ def main(argv: list[str]) -> None:
     overrides = config_flags.get_override_values(flags.FLAGS["config"])
     if overrides:
         logging.info("Config overrides: %s", overrides)
-    final = jiio_jax.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        final = jiio_jax.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except TrainingInterrupted as e:
+        # One line instead of a traceback: the state is saved and resuming is the fix.
+        _exit(str(e), 128 + e.signum)
+    except (ConfigConflictError, CheckpointError) as e:
+        _exit(f"error: {e}", 1)
+    except KeyboardInterrupt:
+        _exit("Interrupted before the first train step; nothing to save.", 128 + signal.SIGINT)
     logging.info("Final metrics: %s", final)
+
+
+def _exit(line: str, code: int) -> None:
+    logging.flush()
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

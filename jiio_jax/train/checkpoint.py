@@ -5,11 +5,19 @@ Each checkpoint ``workdir/checkpoints/<step>/`` holds ``state`` (the :class:`Tra
 exactly the batch it would have seen. Orbax writes into a temporary directory and renames it
 when complete, so a process killed at any moment leaves the previous checkpoints valid; only
 finalized steps are listed by :meth:`~orbax.checkpoint.CheckpointManager.latest_step`.
+
+Damaged checkpoints (random bytes in an array file, an emptied data-iterator state, a step
+directory missing files) are not skipped silently: :func:`restore` and :func:`load_state` raise
+:class:`CheckpointError`, one line naming the unreadable checkpoint, the cause, and the
+previous readable step with the command that moves the damaged one aside (after which a rerun
+resumes from that step). Nothing is deleted automatically.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -20,6 +28,68 @@ from jax.sharding import SingleDeviceSharding
 from jiio_jax.train.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
+_MAX_CAUSE = 240  # Characters of the underlying error kept in CheckpointError's one line.
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be read; the message names it and the previous readable
+    step (if any)."""
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Finalized checkpoint steps of ``workdir`` in increasing order ([] if none).
+
+    Orbax renames a checkpoint's temporary directory to its step number only when the write
+    completed, so the numeric directory names are the finalized steps.
+    """
+    path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(n) for n in os.listdir(path) if n.isdigit())
+
+
+def _silence_closed_loop_callbacks() -> None:
+    # When a TensorStore read fails, orbax's asyncio loop closes while other reads are still
+    # in flight; their completion callbacks then raise "Event loop is closed" as unraisable
+    # exceptions, printed as a wall of tracebacks that buries the real error. They carry no
+    # information, so they are dropped (everything else reaches the previous hook).
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _cause(error: BaseException) -> str:
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= _MAX_CAUSE else text[: _MAX_CAUSE - 3] + "..."
+
+
+def _unreadable(
+    directory: str, step: int, error: BaseException, readable: Callable[[int], bool], steps
+) -> CheckpointError:
+    """The one-line error for checkpoint ``step``; probes earlier steps with ``readable``."""
+    damaged = os.path.join(directory, str(step))
+    previous = next((s for s in sorted(steps, reverse=True) if s < step and readable(s)), None)
+    if previous is None:
+        advice = (
+            "no earlier checkpoint is readable; start afresh with a new --workdir "
+            f"(or remove {directory})"
+        )
+    else:
+        aside = os.path.join(os.path.dirname(directory), f"damaged_checkpoint_{step}")
+        advice = (
+            f"the previous readable checkpoint is step {previous}: run `mv {damaged} {aside}` "
+            "and rerun the same command to resume from it"
+        )
+    return CheckpointError(f"Checkpoint {damaged} cannot be read ({_cause(error)}); {advice}.")
 
 
 def create_checkpoint_manager(
@@ -86,14 +156,35 @@ def restore(
     """
     step = manager.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-        ),
-    )
-    return restored.state
+
+    def read(s: int) -> TrainState:
+        return manager.restore(
+            s,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+            ),
+        ).state
+
+    _silence_closed_loop_callbacks()
+    try:
+        return read(step)
+    except Exception as e:  # noqa: BLE001 (any failure to read means a damaged checkpoint)
+        # Probing an earlier step also moves data_iter, harmless as we raise anyway.
+        raise _unreadable(
+            str(manager.directory), step, e, _succeeds(read), manager.all_steps()
+        ) from e
+
+
+def _succeeds(fn: Callable[[int], Any]) -> Callable[[int], bool]:
+    def probe(step: int) -> bool:
+        try:
+            fn(step)
+        except Exception:  # noqa: BLE001
+            return False
+        return True
+
+    return probe
 
 
 def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
@@ -107,23 +198,43 @@ def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
       ``{"step", "params", "opt_state", "rng"}`` with host arrays.
 
     Raises:
-      FileNotFoundError: there is no finalized checkpoint.
+      FileNotFoundError: there is no finalized checkpoint, or none at ``step`` (the message
+        lists the available steps).
+      CheckpointError: the checkpoint cannot be read (the message names the previous readable
+        step).
     """
     path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"No checkpoint in {path}.")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(
+            f"No checkpoint at step {step} in {path}; available steps: "
+            f"{', '.join(map(str, steps))}."
+        )
     options = ocp.CheckpointManagerOptions(read_only=True)
     handlers = {"state": ocp.StandardCheckpointHandler()}
+    # Restore onto one local device whatever mesh saved it (the saved shardings name devices
+    # that may not exist here).
+    device = jax.local_devices()[0]
+    _silence_closed_loop_callbacks()
     with ocp.CheckpointManager(path, options=options, item_handlers=handlers) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"No checkpoint in {path}.")
-        # Restore onto one local device whatever mesh saved it (the saved shardings name
-        # devices that may not exist here).
-        device = jax.local_devices()[0]
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=SingleDeviceSharding(device)),
-            manager.item_metadata(step)["state"],
-        )
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )
-    return jax.device_get(restored.state)
+
+        def read(s: int) -> Any:
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(
+                    m.shape, m.dtype, sharding=SingleDeviceSharding(device)
+                ),
+                manager.item_metadata(s)["state"],
+            )
+            return manager.restore(
+                s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            ).state
+
+        try:
+            restored = read(step)
+        except Exception as e:  # noqa: BLE001 (any failure to read means a damaged checkpoint)
+            raise _unreadable(path, step, e, _succeeds(read), steps) from e
+    return jax.device_get(restored)

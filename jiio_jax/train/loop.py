@@ -13,6 +13,12 @@ One top-to-bottom function in the flax-examples / big_vision mould:
 Train metrics in ``metrics.jsonl`` are means over each log interval (``lr``: its last value);
 eval metrics are means over ``num_eval_batches`` test batches.
 
+The workdir's ``config.json`` is the run's record (:mod:`jiio_jax.train.record`): a rerun
+with a conflicting config is refused before anything is touched, a finished run's rerun
+changes nothing, and the record is written only once the config validated and the state was
+built. SIGINT / SIGTERM save a checkpoint at the current step and raise
+:class:`~jiio_jax.train.interrupt.TrainingInterrupted` (:mod:`jiio_jax.train.interrupt`).
+
 Non-finite loss / gradient detection: every step's loss and gradient norm stay on device until
 the next fetch, which happens at log, eval and checkpoint steps (so at least every
 ``log_every`` steps). A non-finite value raises ``FloatingPointError`` naming the exact step.
@@ -36,11 +42,14 @@ import optax
 from absl import logging
 
 from jiio_jax import data as data_lib
+from jiio_jax import plotting
 from jiio_jax.tasks import Task, get_task
 from jiio_jax.train import checkpoint as ckpt_lib
 from jiio_jax.train import mesh as mesh_lib
 from jiio_jax.train import plots
+from jiio_jax.train import record as record_lib
 from jiio_jax.train.config import validate_config
+from jiio_jax.train.interrupt import StopOnSignal, TrainingInterrupted
 from jiio_jax.train.metrics import METRICS_FILE, MetricWriter, flatten_config, read_metrics
 from jiio_jax.train.optim import create_optimizer
 from jiio_jax.train.progress import ReportProgress
@@ -48,6 +57,9 @@ from jiio_jax.train.state import TrainState, create_train_state
 
 # Metrics that must be finite for a step's update to be valid.
 _CHECKED = ("loss", "grad_norm")
+# The log line's metrics, in this order, when the task has them (metrics.jsonl has all): the
+# loss, each task family's headline metric, then the optimizer's.
+LOG_LINE_METRICS = ("loss", "mse", "acc", "query_acc", "grad_norm", "lr")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +164,21 @@ def _task_data(task: Task, config: ml_collections.ConfigDict) -> tuple[Any, Call
 
 def _every(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
+
+
+def _finished_run_metrics(workdir: str, step: int) -> dict[str, float] | None:
+    """The final metrics of a run already evaluated at ``step`` (from ``metrics.jsonl``), or
+    None if that evaluation is not recorded."""
+    records = read_metrics(os.path.join(workdir, METRICS_FILE))
+    evals = [r for r in records if r["split"] == "eval" and r["step"] == step]
+    if not evals:
+        return None
+    final: dict[str, float] = {"step": step}
+    train = [r for r in records if r["split"] == "train" and r["step"] <= step]
+    for split, record in (("train", train[-1] if train else {}), ("eval", evals[-1])):
+        final.update({f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")})
+    final.pop("train/steps_per_sec", None)
+    return final
 
 
 def _save_loss_curve(workdir: str) -> None:
@@ -276,6 +303,12 @@ def train_and_evaluate(
 
     Raises:
       ValueError: a config field is invalid (the message names it).
+      jiio_jax.train.record.ConfigConflictError: ``workdir`` holds a run trained with another
+        config (the message names the differing fields; the workdir is left untouched).
+      jiio_jax.train.checkpoint.CheckpointError: the latest checkpoint cannot be read (the
+        message names it and the previous readable step).
+      TrainingInterrupted: SIGINT / SIGTERM arrived; a checkpoint at the current step was
+        saved first (single-process runs).
       FloatingPointError: the loss or gradient norm became NaN/Inf (the message names the
         step); the last checkpoint on disk predates it.
     """
@@ -287,12 +320,12 @@ def train_and_evaluate(
     validate_config(config, num_devices=len(devices), process_count=process_count)
     is_main = process_index == 0
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
     task = get_task(config.task)(config)
+    # Read-only check against the run's record, before anything in workdir is touched.
+    config_changes = record_lib.check_rerun(
+        workdir, config, has_checkpoint=bool(ckpt_lib.checkpoint_steps(workdir))
+    )
+    os.makedirs(workdir, exist_ok=True)
     info, make_iterator = _task_data(task, config)
     mesh = mesh_lib.make_data_mesh(devices)
     state_sharding = mesh_lib.replicated(mesh)
@@ -359,6 +392,26 @@ def train_and_evaluate(
                 state = ckpt_lib.restore(manager, state, train_iter, last_saved)
                 logging.info("Resumed from the checkpoint at step %d.", last_saved)
             initial_step = int(jax.device_get(state.step))
+            if initial_step >= num_steps:
+                done = _finished_run_metrics(workdir, initial_step)
+                if done is not None:  # Nothing to do: leave every file as it is.
+                    logging.info(
+                        "The run is complete at step %d (config.num_train_steps=%d); nothing "
+                        "to do. Raise --config.num_train_steps to train further.",
+                        initial_step,
+                        num_steps,
+                    )
+                    return done
+            if is_main:  # The config validated and the state was built: it is the record.
+                record_lib.write_record(
+                    workdir, config, step=initial_step, changes=config_changes
+                )
+                if config_changes:
+                    logging.info(
+                        "Changed since the last run (recorded in %s): %s.",
+                        record_lib.HISTORY_FILE,
+                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in config_changes.items()),
+                    )
             # Metrics logged after the checkpoint by an interrupted run are dropped: they will
             # be logged again.
             writer = MetricWriter(
@@ -387,7 +440,8 @@ def train_and_evaluate(
                 if is_main:
                     for name, grid in images.items():
                         path = os.path.join(workdir, "images", f"{name}_{step}.png")
-                        plots.save_image_grid(path, grid)
+                        title = f"{getattr(grid, 'title', '') or name}, step {step}"
+                        plotting.save_images(path, grid, title=title)
                     _save_loss_curve(workdir)
                 logging.info(
                     "Eval at step %d (%.1fs): %s",
@@ -411,40 +465,55 @@ def train_and_evaluate(
             logging.info("Training steps %d..%d.", initial_step + 1, num_steps)
             progress = ReportProgress(num_steps, initial_step)
             train_metrics = _TrainMetrics()
-            for step in range(initial_step + 1, num_steps + 1):
-                t0 = time.perf_counter()
-                batch = mesh_lib.global_batch(next(train_iter), batch_sharding)
-                state, metrics = train_step(state, batch)
-                train_metrics.add(step, metrics)
-                if step == initial_step + 1:
-                    jax.block_until_ready(metrics)  # Make the compile time visible.
-                    logging.info("First step (compile + run): %.1fs.", time.perf_counter() - t0)
 
-                if _every(step, config.log_every, num_steps):
-                    train_metrics.fetch(last_saved)
-                    rate = progress.report(step)
-                    summary = train_metrics.summary()
-                    train = {f"train/{k}": v for k, v in summary.items()}
-                    writer.write_scalars(
-                        step, {**train, "train/steps_per_sec": rate["steps_per_sec"]}
-                    )
-                    writer.flush()
-                    final.update(train)
-                    logging.info("%s", progress.line(step, rate, summary))
+            def save(step: int, force: bool) -> None:
+                # Only a state whose every update was verified finite is saved.
+                nonlocal last_saved
+                train_metrics.fetch(last_saved)
+                progress.pause()
+                ckpt_lib.save(manager, state, train_iter, force=force)
+                last_saved = step
+                progress.resume()
 
-                if _every(step, config.eval_every, num_steps):
-                    train_metrics.fetch(last_saved)
-                    progress.pause()
-                    final.update(run_eval(step))
-                    progress.resume()
+            with StopOnSignal(enabled=process_count == 1) as stop:
+                for step in range(initial_step + 1, num_steps + 1):
+                    t0 = time.perf_counter()
+                    batch = mesh_lib.global_batch(next(train_iter), batch_sharding)
+                    state, metrics = train_step(state, batch)
+                    train_metrics.add(step, metrics)
+                    if step == initial_step + 1:
+                        jax.block_until_ready(metrics)  # Make the compile time visible.
+                        logging.info(
+                            "First step (compile + run): %.1fs.", time.perf_counter() - t0
+                        )
+                        progress.restart(step)  # Rate and ETA from warm steps only.
 
-                if manager.should_save(step) or step == num_steps:
-                    # Only a state whose every update was verified finite is saved.
-                    train_metrics.fetch(last_saved)
-                    progress.pause()
-                    ckpt_lib.save(manager, state, train_iter, force=step == num_steps)
-                    last_saved = step
-                    progress.resume()
+                    if _every(step, config.log_every, num_steps):
+                        train_metrics.fetch(last_saved)
+                        rate = progress.report(step)
+                        summary = train_metrics.summary()
+                        train = {f"train/{k}": v for k, v in summary.items()}
+                        writer.write_scalars(
+                            step, {**train, "train/steps_per_sec": rate["steps_per_sec"]}
+                        )
+                        writer.flush()
+                        final.update(train)
+                        shown = {k: summary[k] for k in LOG_LINE_METRICS if k in summary}
+                        logging.info("%s", progress.line(step, rate, shown))
+
+                    if _every(step, config.eval_every, num_steps):
+                        train_metrics.fetch(last_saved)
+                        progress.pause()
+                        final.update(run_eval(step))
+                        progress.resume()
+
+                    if manager.should_save(step) or step == num_steps:
+                        save(step, force=step == num_steps)
+                    if stop.requested and step < num_steps:
+                        if last_saved != step:
+                            save(step, force=True)
+                        manager.wait_until_finished()
+                        raise TrainingInterrupted(step, stop.signum)
             return final
         finally:
             # Let in-flight (already verified) saves finalize, also when raising.

@@ -48,6 +48,12 @@ class ReportProgress:
             self._paused += time.perf_counter() - self._pause_start
             self._pause_start = None
 
+    def restart(self, step: int) -> None:
+        """Restarts the clock at ``step`` (after the compiling first step, so that the rate and
+        the ETA come from warm steps only)."""
+        self._last_step, self._last_time, self._paused = step, time.perf_counter(), 0.0
+        self._pause_start = None
+
     def report(self, step: int) -> dict[str, float]:
         """Rate and ETA since the previous report; call after the step's results are fetched."""
         now = time.perf_counter()
@@ -59,18 +65,20 @@ class ReportProgress:
         return {"steps_per_sec": self.steps_per_sec, "eta_sec": eta}
 
     def line(self, step: int, rate: dict[str, float], scalars: dict[str, float]) -> str:
-        """The log line: ``step 120/1000 | 35.1 steps/s | ETA 25s | loss 0.1234 | ...``.
+        """The log line: ``step 120/1000 | loss 0.1234 | ... | 35.1 steps/s | ETA 25s``.
 
         Args:
           step: the current step.
           rate: the output of :meth:`report`.
-          scalars: metric name -> value.
+          scalars: metric name -> value, in the order to print (the caller picks a short set;
+            ``metrics.jsonl`` has all of them).
         """
         eta = rate["eta_sec"]
-        parts = [
-            f"step {step}/{self._total}",
-            f"{rate['steps_per_sec']:.2f} steps/s",
+        steps_per_sec = rate["steps_per_sec"]
+        parts = [f"step {step}/{self._total}"]
+        parts += [f"{k} {v:.4g}" for k, v in scalars.items()]
+        parts += [
+            f"{steps_per_sec:.2f} steps/s" if steps_per_sec == steps_per_sec else "? steps/s",
             f"ETA {format_duration(eta) if eta == eta else '?'}",
         ]
-        parts += [f"{k} {v:.4g}" for k, v in scalars.items()]
         return " | ".join(parts)

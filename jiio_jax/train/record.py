@@ -1,0 +1,173 @@
+"""The run's record: ``workdir/config.json`` is the config a run was trained with.
+
+A workdir belongs to one experiment. The loop writes ``config.json`` only after the config
+validated and the state was initialised (or restored), so a failed start never rewrites it.
+A rerun in the same workdir must use the same config, except for the loop's cadence fields
+(:data:`MUTABLE_FIELDS`: how long to train, how often to log / evaluate / checkpoint), whose
+changes are accepted and appended to ``workdir/config_history.jsonl``. Any other difference is
+refused with :class:`ConfigConflictError` before anything in the workdir is touched.
+
+``evaluate.py`` reads the record back with :func:`load_run_config`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+# Fields a rerun may change: they set how long and how often, not what is trained (the
+# resumed state stays valid; num_devices too, as results do not depend on the device count).
+MUTABLE_FIELDS = (
+    "num_train_steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "tensorboard",
+    "num_devices",
+)
+_MAX_NAMED = 4  # Differing fields named in the one-line refusal.
+
+
+class ConfigConflictError(ValueError):
+    """A rerun's config differs from the run's record in a field that may not change."""
+
+
+def config_record(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON form of ``config`` as stored in ``config.json`` (tuples become lists)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort(sort_keys=True))
+    return json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+
+
+def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}``."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+_MISSING = "<absent>"
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted field: (old value, new value)}`` for every field that differs (sorted)."""
+    a, b = flatten(config_record(old)), flatten(config_record(new))
+    return {
+        k: (a.get(k, _MISSING), b.get(k, _MISSING))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, _MISSING) != b.get(k, _MISSING)
+    }
+
+
+def describe(diffs: Mapping[str, tuple[Any, Any]], old_name: str, new_name: str) -> str:
+    """``"model.method is 'jiio' in <old_name>, 'vae' in <new_name>; ..."`` (a few fields)."""
+    parts = [
+        f"config.{k} is {a!r} in {old_name}, {b!r} in {new_name}"
+        for k, (a, b) in list(diffs.items())[:_MAX_NAMED]
+    ]
+    more = len(diffs) - _MAX_NAMED
+    return "; ".join(parts) + (f" (and {more} more field{'s' * (more > 1)})" if more > 0 else "")
+
+
+def read_record(workdir: str) -> dict[str, Any] | None:
+    """The stored ``config.json`` of ``workdir`` as a dict, or None if there is none."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_rerun(
+    workdir: str, config: ml_collections.ConfigDict, *, has_checkpoint: bool
+) -> dict[str, tuple[Any, Any]]:
+    """Compares ``config`` with the run's record; reads only.
+
+    Args:
+      workdir: the run's directory.
+      config: the config of this (re)run, already validated.
+      has_checkpoint: whether ``workdir`` holds a checkpoint. Without one nothing was trained
+        and any config may start the run afresh.
+
+    Returns:
+      The accepted changes ``{field: (old, new)}`` (only :data:`MUTABLE_FIELDS`).
+
+    Raises:
+      ConfigConflictError: another field differs (the one-line message names it).
+    """
+    old = read_record(workdir)
+    if old is None or not has_checkpoint:
+        return {}
+    diffs = differences(old, config)
+    conflicts = {k: v for k, v in diffs.items() if k not in MUTABLE_FIELDS}
+    if conflicts:
+        raise ConfigConflictError(
+            f"{workdir} was trained with another config: "
+            f"{describe(conflicts, CONFIG_FILE, 'this config')}. Rerun with the run's config "
+            f"(only {', '.join(MUTABLE_FIELDS)} may change) or use a new --workdir; nothing "
+            "was changed."
+        )
+    return diffs
+
+
+def write_record(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    *,
+    step: int,
+    changes: Mapping[str, tuple[Any, Any]],
+) -> None:
+    """Writes ``config.json`` (atomically) and appends an entry to ``config_history.jsonl``
+    when the run starts (``step`` 0) or a rerun changed a field."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    fresh = step == 0
+    if not fresh and not changes and os.path.exists(path):
+        return  # Same config: the record is already right.
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    entry = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "step": step,
+        "event": "start" if fresh else "changed",
+        "changes": {k: [a, b] for k, (a, b) in changes.items()},
+    }
+    with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _tuples(value: Any) -> Any:
+    # Configs hold sequences as tuples (e.g. model.mdeq.channels); JSON stored them as lists.
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config ``workdir`` was trained with, from its ``config.json``.
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json`` (not a training run's workdir).
+    """
+    record = read_record(workdir)
+    if record is None:
+        raise FileNotFoundError(
+            f"{os.path.join(workdir, CONFIG_FILE)} does not exist: --workdir must be a "
+            "directory written by experiments/train.py."
+        )
+    return ml_collections.ConfigDict(_tuples(record))
