@@ -21,14 +21,9 @@ measured here. Eval reports ``psnr`` (output vs clean image, [0, 1] scale) and
 0.4) as a baseline.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import celeba_gen  # noqa: E402
+from jiio_jax.configs import generative
 
 
 def get_config(arg: str | None = None):
     """CelebA denoising (sigma 0.2); ``arg="small"`` for the CPU smoke variant."""
-    return celeba_gen.celeba_config("denoise", arg)
+    return generative.celeba_config("denoise", arg)

@@ -34,54 +34,9 @@ number (``jiio_jax.tasks.corruption.psnr``). Training evaluates 20 test batches;
 to the latents of an eval batch, not the paper's VAE + GMM density model.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
-
-TRAIN_IMAGES = 162_770
-
-
-def celeba_config(corruption: str, arg: str | None):
-    """The CelebA config for ``corruption`` ("none" | "inpaint" | "denoise")."""
-    data = _common.data_config(
-        name="image_folder", image_size=64, channels=3, crop=148, flip=True, num_workers=8
-    )
-    config = _common.generative_config(data)
-    config.seed = 0
-    config.batch_size = 48  # 12 per GPU x 4 GPUs in the reference.
-    config.eval_batch_size = 48
-    steps_per_epoch = -(-TRAIN_IMAGES // config.batch_size)
-    config.num_train_steps = 220 * steps_per_epoch
-    config.log_every = 100
-    config.eval_every = 5000
-    config.checkpoint_every = 5000
-    config.keep_checkpoints = 2
-    config.num_eval_batches = 20
-
-    m = config.model  # defaults = the reference's celeba_vae (see default_model_config)
-    m.method = "jiio"
-    m.corruption = corruption
-    m.arch = "celeba_gen"
-    m.hole = 20
-    m.noise_sigma = 0.2
-    m.jiio.update(max_steps=100, memory=40, step_size=0.01, final_step_size=0.003)
-    m.forward.update(solver="anderson", max_steps=18, tol=1e-4, memory=5)  # F_THRES 18
-    m.backward.update(mode="implicit", solver="anderson", max_steps=18, tol=1e-4, memory=5)
-    m.jac_weight = 2.0
-    m.jac_point = "trajectory"
-    # VAE baseline (method=vae): encoder dropout 0.3, KL warm-up over 10 epochs.
-    m.vae.update(encoder_channels=(32, 64, 128, 256), dropout=0.3)
-    m.vae.kl_warmup_steps = 10 * steps_per_epoch
-    if arg == "small":
-        _common.make_small(config, image_size=16)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}; use ':small' or nothing.")
-    return config
+from jiio_jax.configs import generative
 
 
 def get_config(arg: str | None = None):
     """CelebA reconstruction; ``arg="small"`` for the CPU smoke variant."""
-    return celeba_config("none", arg)
+    return generative.celeba_config("none", arg)

@@ -20,14 +20,9 @@ measured here. Eval reports ``psnr`` (output vs clean image, whole image, [0, 1]
 ``psnr_corrupted`` (the masked observation vs the clean image) as a baseline.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import celeba_gen  # noqa: E402
+from jiio_jax.configs import generative
 
 
 def get_config(arg: str | None = None):
     """CelebA inpainting; ``arg="small"`` for the CPU smoke variant (hole scaled to 5)."""
-    return celeba_gen.celeba_config("inpaint", arg)
+    return generative.celeba_config("inpaint", arg)

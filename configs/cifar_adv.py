@@ -8,7 +8,7 @@ decay and no weight decay (the yaml's 2.5e-6 is ignored by the reference's Adam)
 20 epochs (10,400 steps of 520).
 
 Deviations: the JIIO attack is this project's default (type-I Anderson, memory 5, undamped,
-step ``0.8 * eps``, 40 steps; ``jiio_jax.tasks.adv_config``) rather than the reference's
+step ``0.8 * eps``, 40 steps; ``jiio_jax.configs.adversarial``) rather than the reference's
 (memory 20, damping 0.8 / 0.6, 80 steps, constant step 0.1); the reference's is::
 
   --config.model.jiio.max_steps=80 --config.model.jiio.memory=20 \
@@ -39,24 +39,18 @@ Expected result: the paper's CIFAR-10 adversarial-training numbers (Gurumurthy e
 only); compare ``eval/clean_acc``, ``eval/robust_acc_pgd`` (PGD-20) and ``eval/robust_acc_jiio``.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import adversarial_reference_config, data_config  # noqa: E402
-
-from jiio_jax.tasks import adv_config  # noqa: E402
+from jiio_jax.configs import adversarial
+from jiio_jax.configs.common import data_config
 
 
 def get_config(arg=None):
     """The full config; ``arg="small"`` gives the CPU smoke-test variant."""
     data = data_config(name="tfds", tfds_name="cifar10", image_size=32, channels=3)
-    config = adversarial_reference_config(
+    config = adversarial.reference_config(
         data, arch="cifar_cls", train_images=50_000, epochs=20, jac_at_trajectory=True
     )
     if arg == "small":
-        adv_config.make_small(config)
+        adversarial.make_small(config)
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use 'small' or nothing.")
     return config

@@ -29,22 +29,17 @@ optional ``label_train`` / ``label_test``, and set ``config.data.name=npz``.
 Expected result: the reference's setup (with the step-size change above); not measured here.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
+from jiio_jax.configs import common, generative
 
 TRAIN_IMAGES = 50_000
 
 
 def get_config(arg: str | None = None):
     """CIFAR-10 reconstruction; ``arg="small"`` for the CPU smoke variant."""
-    data = _common.data_config(
+    data = common.data_config(
         name="tfds", tfds_name="cifar10", image_size=32, channels=3, num_workers=4
     )
-    config = _common.generative_config(data)
+    config = generative.generative_config(data)
     config.seed = 0
     config.batch_size = 128  # 64 per GPU x 2 GPUs in the reference.
     config.eval_batch_size = 128
@@ -68,7 +63,7 @@ def get_config(arg: str | None = None):
     m.vae.update(encoder_channels=(32, 64, 128), dropout=0.3)
     m.vae.kl_warmup_steps = 10 * steps_per_epoch
     if arg == "small":
-        _common.make_small(config, image_size=16)
+        generative.make_small(config, image_size=16)
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use ':small' or nothing.")
     return config

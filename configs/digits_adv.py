@@ -50,21 +50,14 @@ clean. JIIO-40 training (the task default) reached 0.940 / 0.667 / 0.673. Withou
 epsilon warm-up, JIIO training stayed at chance accuracy for its first 100 steps.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import data_config  # noqa: E402
-
-from jiio_jax.tasks import adv_config  # noqa: E402
-from jiio_jax.train.config import get_base_config  # noqa: E402
+from jiio_jax.configs import adversarial
+from jiio_jax.configs.common import data_config
 
 
 def get_config(arg=None):
     """The full config; ``arg="small"`` gives the CPU smoke-test variant."""
     data = data_config(name="digits", image_size=8, channels=1)
-    config = adv_config.experiment_config(data, get_base_config())
+    config = adversarial.experiment_config(data)
     config.batch_size = 64
     config.eval_batch_size = 100
     config.num_eval_batches = 3  # the whole 300-image test split
@@ -87,7 +80,7 @@ def get_config(arg=None):
     m.pgd.update(steps=5, step_size=0.5)
     config.eval.pgd_steps = 20
     if arg == "small":
-        adv_config.make_small(config)
+        adversarial.make_small(config)
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use 'small' or nothing.")
     return config

@@ -31,17 +31,12 @@ samples (``images/samples_*.png``, a Gaussian fitted to the latents of an eval b
 are mostly recognisable but blurrier digits.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
+from jiio_jax.configs import common, generative
 
 
 def get_config(arg: str | None = None):
     """Digits reconstruction; ``arg="small"`` for the 4-step smoke variant."""
-    config = _common.generative_config(_common.data_config(name="digits", image_size=8))
+    config = generative.generative_config(common.data_config(name="digits", image_size=8))
     config.seed = 0
     config.batch_size = 32
     config.eval_batch_size = 100
@@ -81,7 +76,7 @@ def get_config(arg: str | None = None):
     m.num_image_examples = 16
     m.num_samples = 32
     if arg == "small":
-        _common.make_small(config, image_size=8)
+        generative.make_small(config, image_size=8)
         config.eval_batch_size = 4
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use ':small' or nothing.")

@@ -61,12 +61,12 @@ inner loop's accuracy and support loss (1.007 vs 1.009) in 5.5-6x less time; a m
 with one inner solver does best with it.
 """
 
-from jiio_jax.tasks import meta_config
+from jiio_jax.configs import meta
 
 
 def get_config(arg: str | None = None):
     """5-way 1-shot digits; ``arg="small"`` for the 2-step smoke variant."""
-    data = meta_config.episode_data_config(
+    data = meta.episode_data_config(
         name="digits",
         image_size=8,
         n_way=5,
@@ -76,7 +76,7 @@ def get_config(arg: str | None = None):
         num_train_characters=6,
         num_test_episodes=200,
     )
-    config = meta_config.experiment_config(data)
+    config = meta.experiment_config(data)
     config.seed = 0
     config.batch_size = 16
     config.eval_batch_size = 50
@@ -103,7 +103,7 @@ def get_config(arg: str | None = None):
     m.jac_weight = 0.5
     m.jac_probes = 2
     if arg == "small":
-        meta_config.make_small(config)
+        meta.make_small(config)
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use ':small' or nothing.")
     return config

@@ -7,7 +7,7 @@ Jacobian penalty 0.01 at the equilibrium (``TRAJ_REG`` false), Adam 1e-3 with co
 no weight decay, batch 96, 10 epochs (6,250 steps).
 
 Deviations: the JIIO attack is this project's default (type-I Anderson, memory 5, undamped,
-step ``0.8 * eps``, 40 steps; see ``jiio_jax.tasks.adv_config``) rather than the reference's
+step ``0.8 * eps``, 40 steps; see ``jiio_jax.configs.adversarial``) rather than the reference's
 (memory 20, damping 0.8 / 0.6, 80 steps, steps 0.6 -> 0.2); the reference's is::
 
   --config.model.jiio.max_steps=80 --config.model.jiio.memory=20 \
@@ -41,24 +41,18 @@ metrics to compare are ``eval/clean_acc``, ``eval/robust_acc_pgd`` (PGD-20) and
 ``eval/robust_acc_jiio``.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import adversarial_reference_config, data_config  # noqa: E402
-
-from jiio_jax.tasks import adv_config  # noqa: E402
+from jiio_jax.configs import adversarial
+from jiio_jax.configs.common import data_config
 
 
 def get_config(arg=None):
     """The full config; ``arg="small"`` gives the CPU smoke-test variant."""
     data = data_config(name="tfds", tfds_name="mnist", image_size=28, channels=1)
-    config = adversarial_reference_config(
+    config = adversarial.reference_config(
         data, arch="mnist_cls", train_images=60_000, epochs=10, jac_at_trajectory=False
     )
     if arg == "small":
-        adv_config.make_small(config)
+        adversarial.make_small(config)
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use 'small' or nothing.")
     return config

@@ -40,12 +40,12 @@ number is quoted here. For scale only: iMAML (Rajeswaran et al., 2019), adapting
 of a 4-layer CNN, reports 99.16 +- 0.35% on 5-way 1-shot Omniglot.
 """
 
-from jiio_jax.tasks import meta_config
+from jiio_jax.configs import meta
 
 
 def get_config(arg: str | None = None):
     """Omniglot 5-way 1-shot; ``arg="small"`` for the 2-step smoke variant."""
-    data = meta_config.episode_data_config(
+    data = meta.episode_data_config(
         name="omniglot",
         path="",  # Set on the command line: --config.data.path=/data/omniglot
         image_size=28,
@@ -57,7 +57,7 @@ def get_config(arg: str | None = None):
         num_test_episodes=600,
         num_workers=4,  # PNG decoding in grain worker processes.
     )
-    config = meta_config.experiment_config(data)
+    config = meta.experiment_config(data)
     config.seed = 0
     config.batch_size = 80
     config.eval_batch_size = 100
@@ -69,12 +69,12 @@ def get_config(arg: str | None = None):
     config.num_eval_batches = 6  # All 600 meta-test episodes.
     config.optim.lr = 1e-3
 
-    m = config.model  # meta_config.default_model_config() is the reference's omniglot_imaml.
+    m = config.model  # meta.default_model_config() is the reference's omniglot_imaml.
     m.method = "jiio"
     m.eval_methods = ("jiio", "projected_adam")
     m.arch = "omniglot_meta"
     if arg == "small":
-        meta_config.make_small(config)
+        meta.make_small(config)
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use ':small' or nothing.")
     return config

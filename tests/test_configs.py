@@ -1,13 +1,11 @@
 """The generative experiment configs: they load by path (as ``config_flags`` does), carry the
 training loop's schema, build their task, and their ``:small`` variants train end to end."""
 
-import importlib.machinery
-import importlib.util
 import os
 
-import ml_collections
 import numpy as np
 import pytest
+from helpers import load_config
 from PIL import Image
 
 from jiio_jax.data.config import read_config
@@ -33,15 +31,6 @@ TOP_LEVEL = {
 }
 OPTIM = ("name", "lr", "b1", "b2", "weight_decay", "schedule", "warmup_steps", "grad_clip_norm")
 DATA = ("name", "path", "tfds_name", "image_size", "channels", "crop", "flip", "num_workers")
-
-
-def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Loads ``configs/<name>.py`` by path, like ``config_flags.DEFINE_config_file``."""
-    path = os.path.join(REPO, "configs", f"{name}.py")
-    loader = importlib.machinery.SourceFileLoader(f"config_{name}", path)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.mark.parametrize("arg", [None, "small"])

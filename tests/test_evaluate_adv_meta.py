@@ -14,13 +14,13 @@ the same ``jiio_jax.tasks.attacks`` functions with the evaluation settings).
 from __future__ import annotations
 
 import fcntl
-import importlib
 import json
 import math
 import os
 import subprocess
 import sys
 
+import helpers
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,7 +32,6 @@ from jiio_jax.train import train_and_evaluate
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 # The overrides of the tiny runs, also given to the command line (the CLI's config must be the
 # run's config). The adversarial run is the undefended model (the cheapest training step).
 OVERRIDES = {"num_train_steps": 2, "num_devices": 1}
@@ -40,7 +39,7 @@ ADV_OVERRIDES = {**OVERRIDES, "model.method": "clean"}
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    config = importlib.import_module(name).get_config("small")
+    config = helpers.load_config(name, "small")
     config.update(OVERRIDES)
     if name == "digits_adv":
         config.model.method = ADV_OVERRIDES["model.method"]
@@ -214,7 +213,7 @@ def test_generative_timing(tmp_path, monkeypatch):
     from jiio_jax.tasks.generative import GenerativeTask
 
     monkeypatch.setattr(timing, "ADAM_LRS", (0.3,))  # one Adam compilation
-    config = importlib.import_module("digits_gen").get_config("small")
+    config = helpers.load_config("digits_gen", "small")
     task = GenerativeTask(config)
     params = task.init_params(jax.random.key(0), {"image": jnp.zeros((2, 8, 8, 1))})
     options = EvalOptions(output_dir=str(tmp_path), steps=(3,), num_repeats=1)
@@ -230,7 +229,7 @@ def test_generative_timing(tmp_path, monkeypatch):
 # -- bad inputs ---------------------------------------------------------------------------------
 def test_bad_inputs_raise(tmp_path):
     adv, meta = load_config("digits_adv"), load_config("digits_meta")
-    gen = importlib.import_module("digits_gen").get_config("small")
+    gen = helpers.load_config("digits_gen", "small")
     out = str(tmp_path)
     too_many = EvalOptions(output_dir=out, steps=(2, robustness.MAX_STEPS + 1))
     with pytest.raises(ValueError, match=r"steps .* \[1, 1000\]"):

@@ -7,13 +7,12 @@ temporary directory.
 """
 
 import fcntl
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import helpers
 import jax
 import ml_collections
 import numpy as np
@@ -28,7 +27,7 @@ from jiio_jax.evaluation.generative import fit_density
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "digits_gen.py")
+CONFIG = helpers.config_file("digits_gen")
 # Two steps; no Jacobian penalty (a training-only term: it triples the train-step compile and
 # changes nothing evaluated here). The CLI test passes the same overrides.
 OVERRIDES = {"num_train_steps": 2, "model.jac_weight": 0.0}
@@ -36,10 +35,7 @@ OVERRIDES = {"num_train_steps": 2, "model.jac_weight": 0.0}
 
 def load_config(**model) -> ml_collections.ConfigDict:
     """``configs/digits_gen.py:small`` with ``OVERRIDES`` (and ``config.model`` fields)."""
-    loader = importlib.machinery.SourceFileLoader("config_digits_gen_eval", CONFIG)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    config = module.get_config("small")
+    config = helpers.load_config("digits_gen", "small")
     config.num_train_steps = OVERRIDES["num_train_steps"]
     config.model.jac_weight = OVERRIDES["model.jac_weight"]
     config.model.update(model)

@@ -8,11 +8,10 @@ model does not learn in a few steps) briefly trained without attacks.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 
+import helpers
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,7 +31,6 @@ from jiio_jax.train.config import validate_config
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 F32 = jnp.float32
 TRAIN_STEPS = 60
 # Two branches (8x8 and 4x4): ~70% test accuracy after TRAIN_STEPS Adam steps (3e-3).
@@ -47,7 +45,7 @@ TRAINED_MDEQ = dict(
 
 
 def load_config(name: str, arg: str | None = "small") -> ml_collections.ConfigDict:
-    return importlib.import_module(name).get_config(arg)
+    return helpers.load_config(name, arg)
 
 
 def small_config(**model) -> ml_collections.ConfigDict:

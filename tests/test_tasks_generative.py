@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jiio_jax.tasks import corruption, gen_config, get_task, vae
+from jiio_jax.configs import generative as gen_config
+from jiio_jax.tasks import corruption, get_task, vae
 from jiio_jax.tasks.generative import GenerativeTask, task_from_model_config
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

@@ -7,14 +7,13 @@ the loss and gradient of both inner solvers are finite (the loop raises otherwis
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from helpers import load_config
 from PIL import Image
 
 from jiio_jax.data import episodes
@@ -25,15 +24,6 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = np.float32
-
-
-def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Loads ``configs/<name>.py`` by path, as ``config_flags`` does."""
-    path = os.path.join(REPO, "configs", f"{name}.py")
-    loader = importlib.machinery.SourceFileLoader(f"config_{name}", path)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def _data(**fields) -> ml_collections.ConfigDict:

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jiio_jax.tasks import adv_config
+from jiio_jax.configs import adversarial as adv_config
 from jiio_jax.tasks.attacks import (
     cross_entropy,
     jiio_attack,

@@ -185,7 +185,7 @@ def timing(config: ml_collections.ConfigDict, params: Any, options: Any) -> dict
 # -- generative ---------------------------------------------------------------------------------
 def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
     from jiio_jax import jiio
-    from jiio_jax.tasks import gen_config as gc
+    from jiio_jax.configs import common as cc
     from jiio_jax.tasks.corruption import corrupt
     from jiio_jax.tasks.generative import GenerativeTask
 
@@ -235,7 +235,7 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
     def jiio_run(steps):
         section = ml_collections.ConfigDict(config.model.jiio.to_dict())
         section.max_steps = steps
-        solver = gc.build_jiio(section, model.backward)
+        solver = cc.build_jiio(section, model.backward)
 
         def one(*args):
             sol = jiio.solve(f, cost, z0, x0, *args, solver=solver)

@@ -1,7 +1,7 @@
 r"""Adversarial training of an MDEQ classifier: JIIO (the paper's method), PGD-k, or none.
 
 ``config.task = "adversarial"``; ``config.model`` and ``config.eval`` are described in
-``jiio_jax.tasks.adv_config``. Paper §5.2 / ``JIIO_REFERENCE.md`` §4.3, §5.4. Images are in
+``jiio_jax.configs.adversarial``. Paper §5.2 / ``JIIO_REFERENCE.md`` §4.3, §5.4. Images are in
 ``[-1, 1]``; ``epsilon`` is measured on the [0, 1] pixel scale (radius ``r = 2 epsilon`` here)
 and perturbed images stay in ``[-1, 1]`` (``clip_pixels``; ``jiio_jax.tasks.attacks``).
 
@@ -53,9 +53,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from jiio_jax import jacobian
+from jiio_jax.configs import adversarial as adv_config
 from jiio_jax.jiio import JIIOSolution
 from jiio_jax.models.mdeq import MDEQClassifier
-from jiio_jax.tasks import adv_config
 from jiio_jax.tasks.attacks import (
     attack_problem,
     cross_entropy,

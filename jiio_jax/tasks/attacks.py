@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from jiio_jax import jiio
+from jiio_jax.configs.adversarial import NORMS
 from jiio_jax.models.mdeq import MDEQClassifier
 
 PyTree = Any
-NORMS = ("l2", "linf")
 F32 = jnp.float32
 
 

@@ -1,7 +1,7 @@
 r"""Generative modelling and inverse problems with an MDEQ decoder (JIIO or the VAE baseline).
 
 ``config.task = "generative"``; ``config.model`` is described in
-``jiio_jax.tasks.gen_config.default_model_config``. Paper §4.1-4.2 and §4.5 of
+``jiio_jax.configs.generative.default_model_config``. Paper §4.1-4.2 and §4.5 of
 ``JIIO_REFERENCE.md``.
 
 **JIIO** (``model.method = "jiio"``, decoder only). For each image, with the corruption's
@@ -55,9 +55,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from jiio_jax import jacobian, jiio
+from jiio_jax.configs import common as cc
+from jiio_jax.configs import generative as gc
 from jiio_jax.jiio import JIIOSolution
 from jiio_jax.models.mdeq import MDEQGenerator
-from jiio_jax.tasks import gen_config as gc
 from jiio_jax.tasks.base import Metrics, PyTree, Task, register_task
 from jiio_jax.tasks.corruption import CORRUPTIONS, Observation, corrupt, psnr, to_unit
 from jiio_jax.tasks.vae import ConvEncoder, kl_divergence, kl_weight
@@ -74,54 +75,54 @@ class GenerativeTask(Task):
     """Reconstruction / inpainting / denoising with an MDEQ decoder, by JIIO or a VAE.
 
     Parameters: ``{"decoder": {"injection", "cell", "head"}}`` plus ``"encoder"`` for the VAE.
-    See the module docstring for the losses and ``gen_config.default_model_config`` for
-    ``config.model``.
+    See the module docstring for the losses and
+    ``jiio_jax.configs.generative.default_model_config`` for ``config.model``.
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         m = config.model
-        self.method = gc.check_choice("method", m.method, gc.METHODS)
-        self.corruption = gc.check_choice("corruption", m.corruption, CORRUPTIONS)
+        self.method = cc.check_choice("method", m.method, gc.METHODS)
+        self.corruption = cc.check_choice("corruption", m.corruption, CORRUPTIONS)
         self.arch = gc.build_mdeq_config(config)
         h, w, _ = self.arch.image_shape
-        self.hole = gc.check_int("hole", m.hole, 1)
+        self.hole = cc.check_int("hole", m.hole, 1)
         if self.corruption == "inpaint" and self.hole > min(h, w):
             raise ValueError(
                 f"config.model.hole={self.hole} is larger than the {h}x{w} images; use at most "
                 f"{min(h, w)} (the reference's 20 is for 64x64)."
             )
-        self.noise_sigma = gc.check_float("noise_sigma", m.noise_sigma, positive=True)
-        self.latent_penalty = gc.check_float("latent_penalty", m.latent_penalty, positive=False)
-        self.jac_weight = gc.check_float("jac_weight", m.jac_weight, positive=False)
-        self.jac_point = gc.check_choice("jac_point", m.jac_point, gc.JAC_POINTS)
-        self.jac_probes = gc.check_int("jac_probes", m.jac_probes, 1)
-        self.num_image_examples = gc.check_int("num_image_examples", m.num_image_examples, 1)
-        self.num_samples = gc.check_int("num_samples", m.num_samples, 1)
-        self.sample_ridge = gc.check_float("sample_ridge", m.sample_ridge, positive=False)
+        self.noise_sigma = cc.check_float("noise_sigma", m.noise_sigma, positive=True)
+        self.latent_penalty = cc.check_float("latent_penalty", m.latent_penalty, positive=False)
+        self.jac_weight = cc.check_float("jac_weight", m.jac_weight, positive=False)
+        self.jac_point = cc.check_choice("jac_point", m.jac_point, gc.JAC_POINTS)
+        self.jac_probes = cc.check_int("jac_probes", m.jac_probes, 1)
+        self.num_image_examples = cc.check_int("num_image_examples", m.num_image_examples, 1)
+        self.num_samples = cc.check_int("num_samples", m.num_samples, 1)
+        self.sample_ridge = cc.check_float("sample_ridge", m.sample_ridge, positive=False)
         self.warm_start = bool(m.backward.warm_start)
-        backward = gc.build_backward(m.backward)
+        backward = cc.build_backward(m.backward)
         self.model = MDEQGenerator(
-            self.arch, solver=gc.build_solver(m.forward, "forward"), backward=backward
+            self.arch, solver=cc.build_solver(m.forward, "forward"), backward=backward
         )
         if self.method == "jiio":
-            self.jiio = gc.build_jiio(m.jiio, backward)
+            self.jiio = cc.build_jiio(m.jiio, backward)
         else:
             v = m.vae
             channels = tuple(
-                gc.check_int(f"vae.encoder_channels[{i}]", c, 1)
+                cc.check_int(f"vae.encoder_channels[{i}]", c, 1)
                 for i, c in enumerate(v.encoder_channels)
             )
-            groups = gc.check_int("vae.groups", v.groups, 1)
+            groups = cc.check_int("vae.groups", v.groups, 1)
             if not channels or any(c % groups for c in channels):
                 raise ValueError(
                     f"config.model.vae.groups={groups} must divide every width of "
                     f"config.model.vae.encoder_channels={channels} (non-empty)."
                 )
-            dropout = gc.check_float("vae.dropout", v.dropout, positive=False)
+            dropout = cc.check_float("vae.dropout", v.dropout, positive=False)
             if dropout >= 1:
                 raise ValueError(f"config.model.vae.dropout={dropout} must be in [0, 1).")
-            self.kl_warmup_steps = gc.check_int("vae.kl_warmup_steps", v.kl_warmup_steps, 0)
+            self.kl_warmup_steps = cc.check_int("vae.kl_warmup_steps", v.kl_warmup_steps, 0)
             self.encoder = ConvEncoder(channels, self.arch.latent_dim, groups, dropout)
 
     # -- parameters ---------------------------------------------------------------------------

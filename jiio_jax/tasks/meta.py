@@ -1,7 +1,7 @@
 r"""iMAML-style meta-learning by context adaptation: JIIO vs projected Adam as inner solver.
 
 ``config.task = "meta"``; batches are episodes (``jiio_jax.data.episodes``), ``config.model``
-is described in ``jiio_jax.tasks.meta_config.default_model_config``. Paper §4.4 and §1.10 of
+is described in ``jiio_jax.configs.meta.default_model_config``. Paper §4.4 and §1.10 of
 ``JIIO_REFERENCE.md``.
 
 **Inner problem** (per episode, ``S = n_way * k_shot`` support pairs ``(x_i, y_i)``). The
@@ -50,6 +50,16 @@ import ml_collections
 import optax
 
 from jiio_jax import jacobian, jiio
+from jiio_jax.configs.common import build_backward, build_jiio, build_solver
+from jiio_jax.configs.meta import (
+    METHODS,
+    build_adam,
+    build_meta_arch,
+    check_choice,
+    check_float,
+    check_int,
+    check_methods,
+)
 from jiio_jax.data.episodes import (
     EpisodeInfo,
     episode_info,
@@ -60,17 +70,7 @@ from jiio_jax.models import injections
 from jiio_jax.models.cell import CellInput
 from jiio_jax.models.mdeq import MDEQMetaLearner
 from jiio_jax.tasks.base import Metrics, PyTree, Task, register_task
-from jiio_jax.tasks.gen_config import build_backward, build_jiio, build_solver
 from jiio_jax.tasks.meta_adam import projected_adam_rows
-from jiio_jax.tasks.meta_config import (
-    METHODS,
-    build_adam,
-    build_meta_arch,
-    check_choice,
-    check_float,
-    check_int,
-    check_methods,
-)
 
 F32 = jnp.float32
 

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jiio_jax.configs.meta import check_methods
 from jiio_jax.tasks.meta import MetaTask, accuracy, cross_entropy
-from jiio_jax.tasks.meta_config import check_methods
 
 RESULTS_FILE = "meta_test.json"
 

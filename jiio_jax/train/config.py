@@ -1,48 +1,15 @@
-"""The config fields the training loop reads, with defaults and validation.
+"""Validation of the config fields the training loop reads.
 
-Experiment configs (``configs/<task>.py``) start from :func:`get_base_config` and add their
-``model``/``solver``/task sections; the loop reads only the fields below.
+Their defaults are :func:`jiio_jax.configs.get_base_config` (re-exported here): experiment
+configs (``configs/<task>.py``) start from it and add their ``model``/task sections.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from jiio_jax.configs.common import get_base_config as get_base_config
 from jiio_jax.train.optim import validate_optim_config
-
-
-def get_base_config() -> ml_collections.ConfigDict:
-    """Defaults for every field read by :func:`jiio_jax.train.train_and_evaluate`."""
-    config = ml_collections.ConfigDict()
-    config.task = ""  # Registered task name (jiio_jax.tasks.get_task).
-    config.seed = 0  # Seeds init, per-step rngs (fold_in(rng, step)) and the data order.
-    config.batch_size = 64  # Global train batch; divisible by devices and processes.
-    config.eval_batch_size = 64  # Global eval batch; same divisibility.
-    config.num_train_steps = 1000
-    config.log_every = 50  # Train metrics are fetched (one host sync) and logged this often.
-    config.eval_every = 500  # Also evaluated at the last step.
-    config.checkpoint_every = 500  # Also saved at the last step.
-    config.keep_checkpoints = 2  # Most recent checkpoints kept.
-    config.num_eval_batches = 10  # Eval batches of the test split (fewer if it is smaller).
-    config.tensorboard = False  # Also write TensorBoard events (needs tensorboardX).
-    config.num_devices = 0  # 0 = all devices; n = the first n (single-process only).
-
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adam"  # "adam" | "adamw" | "sgd" (sgd: momentum = b1).
-    config.optim.lr = 1e-3  # Peak learning rate.
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.weight_decay = 0.0  # adamw: decoupled; adam/sgd: L2 on kernels (ndim > 1).
-    config.optim.schedule = "cosine"  # "cosine" (to 0 at num_train_steps) | "constant".
-    config.optim.warmup_steps = 0  # Linear warm-up from 0.
-    config.optim.grad_clip_norm = 0.0  # Global-norm clipping; 0 = off.
-
-    config.data = ml_collections.ConfigDict()  # Passed to jiio_jax.data (see its docs).
-    config.data.name = "digits"
-    config.data.image_size = 8
-    config.data.channels = 1
-    return config
-
 
 _POSITIVE_INTS = (
     "batch_size",

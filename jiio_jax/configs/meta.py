@@ -1,8 +1,8 @@
 """``config.model`` of the meta-learning task: defaults, validation, the objects built from it.
 
 Every check raises ``ValueError`` naming the offending ``config.model.<field>`` (or
-``config.data.<field>``). Solver sections share their schema and builders with the generative
-task (``jiio_jax.tasks.gen_config``). See ``default_model_config`` for the fields and
+``config.data.<field>``). Solver sections share their schema and builders with the other tasks
+(``jiio_jax.configs.common``). See ``default_model_config`` for the fields and
 ``jiio_jax.tasks.meta`` for how they are used.
 """
 
@@ -13,8 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from jiio_jax.models.configs import MDEQConfig
-from jiio_jax.tasks.gen_config import (
+from jiio_jax.configs.common import (
     build_arch,
     build_solver,
     check_choice,
@@ -23,6 +22,8 @@ from jiio_jax.tasks.gen_config import (
     make_small_loop,
     override_arch,
 )
+from jiio_jax.configs.common import experiment_config as base_experiment_config
+from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "projected_adam")
 # MDEQConfig fields a config may override: the image shape and n_way come from config.data.
@@ -177,27 +178,10 @@ def episode_data_config(**fields: Any) -> ml_collections.ConfigDict:
 
 
 def experiment_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A full ``meta`` experiment config: the loop's fields (``get_base_config``), ``data``, and
-    the model defaults (``default_model_config``); Adam 1e-3 with cosine decay and no clipping
-    or weight decay, as the reference."""
-    from jiio_jax.train.config import get_base_config  # Lazy: the loop imports the tasks.
-
-    config = get_base_config()
-    config.task = "meta"
-    config.data = data
-    config.model = default_model_config()
-    config.optim.update(
-        name="adam",
-        lr=1e-3,
-        b1=0.9,
-        b2=0.999,
-        weight_decay=0.0,
-        schedule="cosine",
-        warmup_steps=0,
-        grad_clip_norm=0.0,
-    )
-    config.tensorboard = False
-    return config
+    """A full ``meta`` experiment config: the loop's fields (``get_base_config``), ``data``, the
+    model defaults (``default_model_config``) and the reference optimiser (Adam 1e-3, cosine
+    decay, no clipping or weight decay)."""
+    return base_experiment_config("meta", data, default_model_config())
 
 
 def make_small(config: ml_collections.ConfigDict) -> None:

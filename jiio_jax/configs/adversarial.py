@@ -1,4 +1,5 @@
-"""``config.model`` / ``config.eval`` of the adversarial task: schema, validation, builders.
+"""``config.model`` / ``config.eval`` of the adversarial task: schema, validation, builders, the
+experiment config (``digits_adv``) and the reference recipe (``mnist_adv``, ``cifar_adv``).
 
 Every check raises ``ValueError`` naming the offending ``config.model.<field>`` (or
 ``config.eval.<field>``). See ``default_model_config`` and ``default_eval_config`` for the
@@ -16,14 +17,11 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from jiio_jax.jiio import JIIO, Constant, Piecewise
-from jiio_jax.models.configs import MDEQConfig
-from jiio_jax.tasks.attacks import NORMS
-from jiio_jax.tasks.gen_config import (
-    MDEQ_FIELDS,
+from jiio_jax.configs.common import (
     build_arch,
     build_backward,
     build_solver,
+    check_bool,
     check_choice,
     check_float,
     check_int,
@@ -31,8 +29,13 @@ from jiio_jax.tasks.gen_config import (
     make_small_loop,
     override_arch,
 )
+from jiio_jax.configs.common import experiment_config as base_experiment_config
+from jiio_jax.configs.generative import MDEQ_FIELDS
+from jiio_jax.jiio import JIIO, Constant, Piecewise
+from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "pgd", "clean")
+NORMS = ("l2", "linf")
 _CLASSIFIER_FIELDS = ("num_classes", "head_channels", "final_channels")
 
 
@@ -215,12 +218,6 @@ class JIIOSettings:
         return JIIO(step_size=step, normalize_step=True, **dict(self.kwargs))
 
 
-def check_bool(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"config.model.{field}={value!r} must be a bool.")
-    return value
-
-
 def read_pgd(section: ml_collections.ConfigDict, where: str = "pgd") -> PGDSettings:
     return PGDSettings(
         steps=check_int(f"{where}.steps", section.steps, 1),
@@ -374,27 +371,43 @@ def _eval_int(field: str, value: Any) -> int:
     return int(value)
 
 
-def experiment_config(
-    data: ml_collections.ConfigDict, base: ml_collections.ConfigDict
-) -> ml_collections.ConfigDict:
-    """``base`` (``jiio_jax.train.get_base_config()``) with ``task="adversarial"``, ``data``,
-    ``config.model`` / ``config.eval`` defaults and the reference optimiser (Adam 1e-3,
-    cosine, no weight decay, no clipping)."""
-    config = base
-    config.task = "adversarial"
-    config.data = data
-    config.model = default_model_config()
+def experiment_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The loop's fields (``get_base_config``) with ``task="adversarial"``, ``data``,
+    ``config.model`` / ``config.eval`` defaults and the reference optimiser (Adam 1e-3, cosine,
+    no weight decay, no clipping)."""
+    config = base_experiment_config("adversarial", data, default_model_config())
     config.eval = default_eval_config()
-    config.optim.update(
-        name="adam",
-        lr=1e-3,
-        b1=0.9,
-        b2=0.999,
-        weight_decay=0.0,  # The reference's WD is ignored by its Adam path.
-        schedule="cosine",
-        warmup_steps=0,
-        grad_clip_norm=0.0,
-    )
+    return config
+
+
+def reference_config(
+    data: ml_collections.ConfigDict,
+    *,
+    arch: str,
+    train_images: int,
+    epochs: int,
+    jac_at_trajectory: bool,
+    batch_size: int = 96,
+    epsilon: float = 1.0,
+) -> ml_collections.ConfigDict:
+    """The reference's ``*_cls.yaml`` adversarial-training recipe (``mnist_adv``,
+    ``cifar_adv``): L2 ``epsilon`` on the [0, 1] scale, Jacobian penalty 0.01, batch 96,
+    ``epochs`` epochs, evaluation and checkpoints once per epoch on 10 test batches."""
+    config = experiment_config(data)
+    steps_per_epoch = train_images // batch_size
+    config.batch_size = batch_size
+    config.eval_batch_size = batch_size
+    config.num_eval_batches = 10
+    config.num_train_steps = epochs * steps_per_epoch
+    config.log_every = 50
+    config.eval_every = steps_per_epoch
+    config.checkpoint_every = steps_per_epoch
+    m = config.model
+    m.arch = arch
+    m.norm = "l2"
+    m.epsilon = epsilon
+    m.jac_weight = 0.01
+    m.jac_at_trajectory = jac_at_trajectory
     return config
 
 

@@ -1,0 +1,208 @@
+"""``config.model`` of the ``generative`` task (``configs/*_gen.py``, ``celeba_inpaint.py``,
+``celeba_denoise.py``): the schema with its defaults, the experiment config and its ``:small``
+variant, and the decoder architecture read from it.
+
+See ``default_model_config`` for the fields; ``jiio_jax.tasks.generative`` for how they are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from jiio_jax.configs.common import (
+    build_arch,
+    data_config,
+    data_image_shape,
+    experiment_config,
+    make_small_loop,
+    override_arch,
+)
+from jiio_jax.models.configs import MDEQConfig
+
+METHODS = ("jiio", "vae")
+JAC_POINTS = ("trajectory", "equilibrium")
+# MDEQConfig fields a config may override (image_shape comes from config.data).
+MDEQ_FIELDS = tuple(f.name for f in dataclasses.fields(MDEQConfig) if f.name != "image_shape")
+# The reference's inpainting hole (20 pixels) is for 64x64 images; smaller images get the same
+# fraction of the side.
+REFERENCE_HOLE, REFERENCE_SIZE = 20, 64
+CELEBA_TRAIN_IMAGES = 162_770
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """The full ``config.model`` schema with its defaults (the reference's ``celeba_vae``).
+
+    Fields:
+      method: ``"jiio"`` (decoder-only; latents found per sample by JIIO) or ``"vae"``
+        (conv encoder + the same MDEQ decoder; ``jiio_jax.tasks.vae``).
+      corruption: ``"none"`` (reconstruction), ``"inpaint"`` or ``"denoise"``
+        (``jiio_jax.tasks.corruption``).
+      hole: inpainting square side in pixels (reference 20 at 64x64; scale it for small images).
+      noise_sigma: denoising noise std on the ``[-1, 1]`` scale (reference 0.2 or 0.4).
+      arch: base architecture, a name in ``jiio_jax.models.configs.CONFIGS`` (e.g.
+        ``"celeba_gen"``), or ``""`` to build it from ``mdeq`` alone (then ``mdeq.channels``
+        and ``mdeq.latent_dim`` are required). The image shape always comes from
+        ``config.data.image_size`` and ``config.data.channels``.
+      mdeq: overrides of ``MDEQConfig`` fields (``None`` = keep the base's value), e.g.
+        ``channels``, ``latent_dim``, ``expansion``, ``block_groups``, ``num_groups``,
+        ``aux_groups``, ``dropout`` (decoder), ``cell_init_std``.
+      jiio: the JIIO solver (``jiio_jax.jiio.JIIO``): ``max_steps`` (``T``), ``memory``,
+        ``step_size`` and ``final_step_size`` (``None``: constant; else the reference's switch
+        to it at ``max(50, 5T/8) - 1``), ``accelerator``, ``anderson_type``, ``mixing``,
+        ``ridge``, ``z_damping``, ``mu_damping``, ``best_iterate``, ``trajectory_min_step``. The
+        inner cost is a per-image *sum* of squared errors, so step sizes shrink as images grow.
+      forward: the plain DEQ solver (VAE decoding, decoding samples): ``solver``
+        (``"anderson"``/``"broyden"``), ``max_steps``, ``tol`` (relative), ``memory``.
+      backward: the implicit backward of every equilibrium: ``mode`` (``"implicit"``,
+        ``"one_step"``, ``"neumann"``, ``"phantom"``; the last two use ``max_steps`` as their
+        ``k``), ``solver``, ``max_steps``, ``tol``, ``memory``, and ``warm_start`` (start the
+        JIIO adjoint solve at ``mu* / (B C H W)``, the reference's warm start).
+      latent_penalty: ``lambda`` of an optional prior term ``lambda ||x||^2`` added to JIIO's inner
+        cost (reference: none, 0). Keeps the optimised latents near the origin, which makes the
+        Gaussian fitted to them for sampling a better match (a regularised-autoencoder view).
+        It adds curvature ``2 lambda`` to the input problem: keep ``step_size * lambda < 1``.
+      jac_weight: weight of the Hutchinson Jacobian penalty (reference 2.0; 0 disables it).
+      jac_point: JIIO: where the penalty is evaluated, ``"trajectory"`` (a uniformly drawn JIIO
+        step, the reference's ``TRAJ_REG=true``) or ``"equilibrium"`` (``(z*, x*)``,
+        ``TRAJ_REG=false``). The VAE always uses its equilibrium.
+      jac_probes: Hutchinson probes (reference 2).
+      vae: ``encoder_channels`` (stride-2 conv widths), ``groups`` (GroupNorm),
+        ``dropout`` (encoder features; reference 0.3), ``kl_warmup_steps`` (KL weight
+        ``min(step / kl_warmup_steps, 1)``).
+      num_image_examples: reconstructions shown by ``images``.
+      num_samples: samples drawn by ``images``.
+      sample_ridge: JIIO samples: ridge added to the latents' covariance, relative to its mean
+        eigenvalue.
+    """
+    mdeq = ml_collections.ConfigDict({name: None for name in MDEQ_FIELDS})
+    return ml_collections.ConfigDict(
+        {
+            "method": "jiio",
+            "corruption": "none",
+            "hole": 20,
+            "noise_sigma": 0.2,
+            "arch": "celeba_gen",
+            "mdeq": mdeq,
+            "jiio": {
+                "max_steps": 100,
+                "memory": 40,
+                "step_size": 0.01,
+                "final_step_size": 0.003,
+                "accelerator": "anderson",
+                "anderson_type": "type1",
+                "mixing": 1.0,
+                "ridge": 1e-10,
+                "z_damping": 0.8,
+                "mu_damping": 0.6,
+                "best_iterate": "cost_aware",
+                "trajectory_min_step": 15,
+            },
+            "forward": {"solver": "anderson", "max_steps": 18, "tol": 1e-4, "memory": 5},
+            "backward": {
+                "mode": "implicit",
+                "solver": "anderson",
+                "max_steps": 18,
+                "tol": 1e-4,
+                "memory": 5,
+                "warm_start": True,
+            },
+            "latent_penalty": 0.0,
+            "jac_weight": 2.0,
+            "jac_point": "trajectory",
+            "jac_probes": 2,
+            "vae": {
+                "encoder_channels": (32, 64, 128, 256),
+                "groups": 4,
+                "dropout": 0.3,
+                "kl_warmup_steps": 10_000,
+            },
+            "num_image_examples": 8,
+            "num_samples": 16,
+            "sample_ridge": 1e-3,
+        }
+    )
+
+
+def build_mdeq_config(config: ml_collections.ConfigDict) -> MDEQConfig:
+    """The decoder architecture: ``build_arch`` at the data's image shape."""
+    cfg = build_arch(config, data_image_shape(config))
+    if cfg.latent_dim is None:
+        raise ValueError("config.model.mdeq.latent_dim must be set (the generator's latent size).")
+    return cfg
+
+
+def scaled_hole(image_size: int) -> int:
+    """``round(20 * image_size / 64)``, at least 1."""
+    return max(1, round(REFERENCE_HOLE * image_size / REFERENCE_SIZE))
+
+
+def generative_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The loop's fields, ``data``, the reference optimiser and the ``generative`` task's model
+    defaults (the reference's ``celeba_vae``: ``default_model_config``) with the inpainting hole
+    scaled to the image size."""
+    config = experiment_config("generative", data, default_model_config())
+    config.model.hole = scaled_hole(data.image_size)
+    return config
+
+
+def make_small(config: ml_collections.ConfigDict, image_size: int = 16) -> None:
+    """The ``:small`` CPU variant in place: a tiny MDEQ at ``image_size``, batch 4, 4 steps.
+
+    For smoke tests of the whole pipeline (data, task, loop, checkpoints); nothing is learnt.
+    """
+    make_small_loop(config, num_train_steps=4)
+    config.optim.warmup_steps = 0
+    config.data.image_size = image_size
+    config.data.num_workers = 0
+    m = config.model
+    override_arch(m, "tiny_gen")  # channels (8, 16), expansion 2, latent 16
+    m.hole = scaled_hole(image_size)
+    m.jiio.update(max_steps=8, memory=3, step_size=0.05, final_step_size=None)
+    m.forward.update(max_steps=6, memory=3)
+    m.backward.update(max_steps=6, memory=3)
+    m.vae.encoder_channels = (8, 16)
+    m.vae.kl_warmup_steps = 2
+    m.num_image_examples = 4
+    m.num_samples = 4
+
+
+def celeba_config(corruption: str, arg: str | None):
+    """The CelebA 64x64 config (``configs/celeba_gen.py``, ``celeba_inpaint.py``,
+    ``celeba_denoise.py``) for ``corruption`` ("none" | "inpaint" | "denoise"): the reference's
+    ``celeba_vae`` recipe, 220 epochs of batch 48; ``arg="small"`` for the CPU smoke variant."""
+    data = data_config(
+        name="image_folder", image_size=64, channels=3, crop=148, flip=True, num_workers=8
+    )
+    config = generative_config(data)
+    config.seed = 0
+    config.batch_size = 48  # 12 per GPU x 4 GPUs in the reference.
+    config.eval_batch_size = 48
+    steps_per_epoch = -(-CELEBA_TRAIN_IMAGES // config.batch_size)
+    config.num_train_steps = 220 * steps_per_epoch
+    config.log_every = 100
+    config.eval_every = 5000
+    config.checkpoint_every = 5000
+    config.keep_checkpoints = 2
+    config.num_eval_batches = 20
+
+    m = config.model  # defaults = the reference's celeba_vae (see default_model_config)
+    m.method = "jiio"
+    m.corruption = corruption
+    m.arch = "celeba_gen"
+    m.hole = 20
+    m.noise_sigma = 0.2
+    m.jiio.update(max_steps=100, memory=40, step_size=0.01, final_step_size=0.003)
+    m.forward.update(solver="anderson", max_steps=18, tol=1e-4, memory=5)  # F_THRES 18
+    m.backward.update(mode="implicit", solver="anderson", max_steps=18, tol=1e-4, memory=5)
+    m.jac_weight = 2.0
+    m.jac_point = "trajectory"
+    # VAE baseline (method=vae): encoder dropout 0.3, KL warm-up over 10 epochs.
+    m.vae.update(encoder_channels=(32, 64, 128, 256), dropout=0.3)
+    m.vae.kl_warmup_steps = 10 * steps_per_epoch
+    if arg == "small":
+        make_small(config, image_size=16)
+    elif arg:
+        raise ValueError(f"Unknown config variant {arg!r}; use ':small' or nothing.")
+    return config
