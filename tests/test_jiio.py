@@ -393,7 +393,7 @@ def test_bad_inputs_raise(params, case):
         (dict(best_iterate="lowest"), "best_iterate"),
         (dict(tol="small"), "tol"),
         (dict(max_steps=0), "max_steps"),
-        (dict(step_size=-1.0), "value"),
+        (dict(step_size=-1.0), "`step_size` must be a positive"),
         (dict(step_size="big"), "step_size"),
         (dict(cost_slack=0.5), "cost_slack"),
     ],

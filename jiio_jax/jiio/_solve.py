@@ -10,14 +10,16 @@ input at once, accelerated by Anderson (or Broyden) on the flattened joint state
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jiio_jax.deq import Implicit, fixed_point
+from jiio_jax.deq import Implicit, implicit_equilibrium
 from jiio_jax.deq.backward import BACKWARD_MODES, Unrolled
 from jiio_jax.jiio import _accelerators, _problem
 from jiio_jax.jiio._augmented import (
@@ -26,10 +28,10 @@ from jiio_jax.jiio._augmented import (
     make_layout,
     project_x_block,
 )
+from jiio_jax.jiio._pytree import check_instance, register_config
 from jiio_jax.jiio.projections import Unconstrained, as_projection
-from jiio_jax.jiio.schedules import as_schedule
+from jiio_jax.jiio.schedules import Constant, Piecewise, as_schedule
 from jiio_jax.solvers._base import (
-    Solution,
     Status,
     as_state,
     check_fn_output,
@@ -43,6 +45,7 @@ BEST_ITERATE_RULES = ("cost_aware", "residual")
 _RUNNING = -1
 
 
+@functools.partial(register_config, data_fields=())
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """Per-block tolerances for early exit; all three must hold at the same iterate.
@@ -63,17 +66,26 @@ class Tolerance:
             object.__setattr__(self, name, check_positive_float(f"tol.{name}", getattr(self, name)))
 
 
+@functools.partial(register_config, data_fields=("step_scale",))
 @dataclasses.dataclass(frozen=True)
 class JIIO:
-    r"""Hashable configuration of ``solve``; ``JIIO(...)(f, cost, z0, x0, *args)`` solves.
+    r"""Configuration of ``solve``; ``JIIO(...)(f, cost, z0, x0, *args)`` solves.
 
-    Every constant the reference hard-codes is a field, with the reference value as default.
+    Every constant the reference hard-codes is a field, with the reference value as default,
+    and these defaults are the only ones: a config section with any subset of the fields splats
+    into it (``JIIO(**section)``; ``tol`` and ``backward`` may be mappings). Errors name the
+    field (``\`step_size\` must be ...``).
+
+    A registered pytree: every field is static (hashed; a change recompiles) except
+    ``step_scale``, which may be a traced scalar, so a ``JIIO`` can be an argument of a jitted
+    function.
 
     Attributes:
       step_size: :math:`\alpha_t` of the input update: a positive float, ``Constant``,
         ``Piecewise`` (``Piecewise((a0, a1))`` is the reference schedule, switching at
         ``max(50, floor(5 T / 8)) - 1``) or a callable ``step -> alpha``. No default: it is the
-        problem-dependent knob to tune first.
+        problem-dependent knob to tune first. The effective step is
+        ``step_scale * schedule(t)`` (see ``schedule``).
       max_steps: ``T``, evaluations of the augmented map (one ``f`` + one VJP each).
       accelerator: ``"anderson"`` (reference), ``"broyden"`` (the library's good Broyden on the
         joint state; unconstrained problems only, and give it a large ``memory``: restarted
@@ -97,11 +109,19 @@ class JIIO:
       accept_first: the reference's 10.
       cost_slack: the reference's 1.3.
       tol: ``None`` (reference: always ``max_steps`` steps), a float (same for the three
-        blocks) or ``Tolerance``; stop once all per-block residuals are below it.
+        blocks), ``Tolerance`` or a mapping of its fields (``{"z": 1e-4, "x": 1e-3}``); stop
+        once all per-block residuals are below it.
       trajectory_min_step: trajectory samples are drawn uniformly from steps
         ``[trajectory_min_step, T - 1]`` (reference 15; clipped to ``T - 1``).
-      backward: implicit-gradient mode of the returned ``z`` (``jiio_jax.deq`` backward object,
-        not ``Unrolled``).
+      backward: implicit-gradient mode of the returned ``z``: a ``jiio_jax.deq`` backward
+        instance (not ``Unrolled``) or a mapping ``{"name": "implicit" | "one_step" |
+        "neumann" | "phantom", **fields}`` resolved by ``jiio_jax.deq.resolve_backward``.
+      final_step_size: ``None`` or a positive float; if set, ``step_size`` must be a float
+        (or ``Constant``) ``a0`` and the schedule is the reference ``Piecewise((a0,
+        final_step_size))``.
+      step_scale: positive scalar multiplying every step (default 1.0); the one field that may
+        be a traced array, e.g. an attack radius warmed up inside the training step, so that
+        ``step_size`` stays relative to it.
     """
 
     step_size: Any
@@ -118,12 +138,23 @@ class JIIO:
     best_iterate: str = "cost_aware"
     accept_first: int = 10
     cost_slack: float = 1.3
-    tol: Tolerance | float | None = None
+    tol: Tolerance | Mapping | float | None = None
     trajectory_min_step: int = 15
     backward: Any = Implicit()
+    final_step_size: float | None = None
+    step_scale: Any = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "step_size", as_schedule(self.step_size))
+        if self.final_step_size is not None:
+            final = _check_positive("final_step_size", self.final_step_size)
+            object.__setattr__(self, "final_step_size", final)
+            if not isinstance(self.step_size, Constant):
+                raise ValueError(
+                    "`step_size` must be a float when `final_step_size` is set (the schedule is "
+                    f"Piecewise((step_size, final_step_size))), got {self.step_size!r}."
+                )
+        _check_step_scale(self.step_scale)
         check_positive_int("max_steps", self.max_steps)
         _check_choice("accelerator", self.accelerator, _accelerators.ACCELERATORS)
         _check_choice("anderson_type", self.anderson_type, _accelerators.ANDERSON_TYPES)
@@ -142,21 +173,21 @@ class JIIO:
             raise ValueError(f"`accept_first` must be an int >= 0, got {self.accept_first!r}.")
         if check_positive_float("cost_slack", self.cost_slack) < 1:
             raise ValueError(f"`cost_slack` must be >= 1, got {self.cost_slack!r}.")
-        if isinstance(self.tol, numbers.Real) and not isinstance(self.tol, bool):
-            object.__setattr__(self, "tol", Tolerance(self.tol, self.tol, self.tol))
-        elif self.tol is not None and not isinstance(self.tol, Tolerance):
-            raise ValueError(f"`tol` must be None, a float or a Tolerance, got {self.tol!r}.")
+        object.__setattr__(self, "tol", _as_tolerance(self.tol))
         if isinstance(self.trajectory_min_step, bool) or not isinstance(
             self.trajectory_min_step, int
         ):
             raise ValueError(
                 f"`trajectory_min_step` must be an int >= 0, got {self.trajectory_min_step!r}."
             )
-        if not isinstance(self.backward, BACKWARD_MODES) or isinstance(self.backward, Unrolled):
-            raise ValueError(
-                "`backward` must be Implicit, Neumann, OneStep or Phantom (jiio_jax.deq); the JIIO "
-                f"loop cannot be unrolled. Got {self.backward!r}."
-            )
+        object.__setattr__(self, "backward", _as_backward(self.backward))
+
+    @property
+    def schedule(self) -> Callable:
+        """The step-size schedule ``(step, max_steps) -> alpha`` (before ``step_scale``)."""
+        if self.final_step_size is None:
+            return self.step_size
+        return Piecewise((self.step_size.value, self.final_step_size))
 
     def __call__(self, f: Callable, cost: Callable, z0: PyTree, x0: PyTree, *args, **kwargs):
         return solve(f, cost, z0, x0, *args, solver=self, **kwargs)
@@ -165,6 +196,68 @@ class JIIO:
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def _check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a positive float, got {value!r}.")
+    return check_positive_float(name, value)
+
+
+def _check_step_scale(value: Any) -> None:
+    """A positive finite scalar; a traced one (inside jit/vmap) is only checked for shape."""
+    if isinstance(value, jax.core.Tracer):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"`step_scale` must be a scalar, got shape {jnp.shape(value)}.")
+        return
+    if isinstance(value, jax.Array | np.ndarray) and jnp.ndim(value) != 0:
+        raise ValueError(f"`step_scale` must be a scalar, got shape {jnp.shape(value)}.")
+    _check_positive("step_scale", value)
+
+
+def _as_mapping(value: Any) -> dict | None:
+    """A dict of a ``Mapping`` or of an ``ml_collections.ConfigDict`` (``to_dict``); else None."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict) and hasattr(value, "items"):
+        return to_dict()
+    return None
+
+
+def _as_tolerance(tol: Any) -> Tolerance | None:
+    check_instance("tol", tol, (Tolerance,), "Tolerance(z=1e-5, mu=1e-5, x=1e-5)")
+    if tol is None or isinstance(tol, Tolerance):
+        return tol
+    if isinstance(tol, numbers.Real) and not isinstance(tol, bool):
+        return Tolerance(tol, tol, tol)
+    fields = _as_mapping(tol)
+    if fields is None:
+        raise ValueError(
+            f"`tol` must be None, a float, a Tolerance or a mapping with keys among "
+            f"('z', 'mu', 'x'), got {tol!r}."
+        )
+    unknown = sorted(set(fields) - {"z", "mu", "x"})
+    if unknown:
+        raise ValueError(f"`tol` has no field(s) {unknown}; valid fields: ['mu', 'x', 'z'].")
+    return Tolerance(**fields)
+
+
+def _as_backward(backward: Any) -> Any:
+    check_instance("backward", backward, BACKWARD_MODES, "Implicit()")
+    fields = _as_mapping(backward)
+    if fields is not None:
+        # Imported here: the resolver of backward specs belongs to jiio_jax.deq.
+        from jiio_jax.deq import resolve_backward
+
+        backward = resolve_backward(fields)
+    if not isinstance(backward, BACKWARD_MODES) or isinstance(backward, Unrolled):
+        raise ValueError(
+            "`backward` must be Implicit, Neumann, OneStep or Phantom (jiio_jax.deq) or a mapping "
+            "{'name': 'implicit' | 'one_step' | 'neumann' | 'phantom', **fields}; the JIIO loop "
+            f"cannot be unrolled. Got {backward!r}."
+        )
+    return backward
 
 
 class JIIOSolution(NamedTuple):
@@ -229,15 +322,6 @@ class _LoopState(NamedTuple):
     status: jax.Array
     traces: jax.Array  # [T, 2]: joint residual and cost of each evaluated point
     sample: jax.Array  # flat [z; x] of the trajectory sample (or [0])
-
-
-class _Solved:
-    """A 'solver' for ``fixed_point`` that returns its starting point (already solved by JIIO)."""
-
-    def __call__(self, fn, z0):
-        zero = jnp.zeros((), jnp.int32)
-        empty = jnp.zeros((0,))
-        return Solution(z0, zero, empty.sum(), jnp.asarray(True), zero, empty, zero)
 
 
 def _select(cfg: JIIO, best: jax.Array, j, s, res, cost, blocks, force) -> jax.Array:
@@ -332,6 +416,7 @@ def solve(
         ``cost`` not scalar, ``projection`` changes ``x``), mixed dtypes, Broyden with a
         projection.
     """
+    check_instance("solver", solver, (JIIO,), "JIIO(step_size=0.1)")
     if not isinstance(solver, JIIO):
         raise TypeError(f"`solver` must be a JIIO configuration, got {solver!r}.")
     proj = as_projection(projection)
@@ -355,14 +440,14 @@ def solve(
     x_start = proj(jax.lax.stop_gradient(prob.x0))
     s0 = flatten_state(jax.lax.stop_gradient(prob.z0), x_start, jax.lax.stop_gradient(mu0))
     s0 = s0.astype(jnp.result_type(*jax.tree.leaves(prob.z0)))
-    schedule, T = solver.step_size, solver.max_steps
+    schedule, T, scale = solver.schedule, solver.max_steps, solver.step_scale
     fmap = AugmentedMap(
         f=prob.f,
         cost=prob.cost,
         args=frozen_args,
         layout=layout,
         projection=proj if constrained else None,
-        alpha=lambda t: schedule(t, T),
+        alpha=lambda t: schedule(t, T) * scale,
         z_damping=solver.z_damping,
         mu_damping=solver.mu_damping,
         normalize_step=solver.normalize_step,
@@ -376,15 +461,9 @@ def solve(
     adjoint_init = None
     if adjoint_init_scale is not None:
         adjoint_init = jax.tree.map(lambda m: adjoint_init_scale * m, mu_star)
-    z_diff = fixed_point(
-        prob.f,
-        z_star,
-        x_star,
-        *prob.args,
-        solver=_Solved(),
-        backward=solver.backward,
-        adjoint_init=adjoint_init,
-    ).value
+    z_diff = implicit_equilibrium(
+        prob.f, z_star, x_star, *prob.args, backward=solver.backward, adjoint_init=adjoint_init
+    )
     steps = jnp.arange(T)
     sample = None
     if trajectory_key is not None:

@@ -199,6 +199,11 @@ def as_projection(projection: Any) -> Any:
     """``None`` -> ``Unconstrained()``; a projection or any callable ``x -> x`` is returned."""
     if projection is None:
         return Unconstrained()
+    if isinstance(projection, type):
+        raise TypeError(
+            f"`projection` must be an instance such as L2Ball(radius=0.5), got the class "
+            f"{projection.__name__} itself; call it with its fields."
+        )
     if not callable(projection):
         raise TypeError(
             "`projection` must be None, one of "

@@ -4,6 +4,10 @@ A schedule is called as ``schedule(step, max_steps)`` with ``step`` an int32 arr
 ``t = 0, 1, ...`` of the augmented-map evaluation) and ``max_steps`` the static number of steps
 ``T``; it returns the step size. ``as_schedule`` also accepts a float (``Constant``) and any
 callable ``step -> alpha``.
+
+Schedules are static pytrees (no leaves): they can be passed to ``jax.jit`` as arguments, and
+a change of value recompiles. A traced scale of the step (e.g. a warmed-up attack radius) goes
+in ``JIIO.step_scale`` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jiio_jax.jiio._pytree import check_instance, register_config
+
 
 def _check_step_value(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -27,6 +33,7 @@ def _check_step_value(name: str, value: Any) -> float:
     return v
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class Constant:
     """``alpha_t = value`` for every step."""
@@ -46,6 +53,7 @@ def reference_switch_step(max_steps: int) -> int:
     return max(50, (5 * max_steps) // 8) - 1
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class Piecewise:
     """Piecewise-constant ``alpha_t``: ``values[i]`` for ``boundaries[i-1] <= t < boundaries[i]``.
@@ -96,6 +104,7 @@ class Piecewise:
         return jnp.asarray(self.values)[index]
 
 
+@register_config
 @dataclasses.dataclass(frozen=True)
 class _Callable:
     fn: Callable[[jax.Array], Any]
@@ -109,12 +118,14 @@ def as_schedule(step_size: Any) -> Any:
     """Float -> ``Constant``; ``Constant``/``Piecewise`` kept; a callable ``step -> alpha`` wrapped.
 
     Raises:
+      TypeError: the class ``Constant`` / ``Piecewise`` itself instead of an instance.
       ValueError: for non-positive floats or other types.
     """
+    check_instance("step_size", step_size, (Constant, Piecewise), "Constant(0.1)")
     if isinstance(step_size, Constant | Piecewise | _Callable):
         return step_size
     if isinstance(step_size, numbers.Real) and not isinstance(step_size, bool):
-        return Constant(step_size)
+        return Constant(_check_step_value("step_size", step_size))
     if callable(step_size):
         try:
             n_params = len(inspect.signature(step_size).parameters)
