@@ -291,14 +291,16 @@ def test_evaluate_per_example_metrics():
 def test_images_shapes_and_range(method, corruption_kind):
     _, params, _, _, images = setup(method, corruption_kind)
     out = images(params, make_batch(), jax.random.key(4))
-    assert out["reconstruction"].shape == (3, SIZE, 3 * SIZE, 1)  # clean | observed | output
+    panel = out["reconstruction"]
+    assert panel.columns == ("clean", "observed", "output")
+    assert panel.images.shape == (3, 3, SIZE, SIZE, 1)
     assert out["samples"].shape == (5, SIZE, SIZE, 1)
-    for name, value in out.items():
+    for name, value in {"reconstruction": panel.images, "samples": out["samples"]}.items():
         assert value.dtype == F32, name
         assert float(jnp.min(value)) >= 0.0 and float(jnp.max(value)) <= 1.0, name
     # The first column is the clean image mapped to [0, 1].
     np.testing.assert_allclose(
-        np.asarray(out["reconstruction"][:, :, :SIZE]),
+        np.asarray(panel.images[:, 0]),
         np.asarray(make_batch()["image"][:3]) / 2 + 0.5,
         atol=1e-6,
     )

@@ -29,7 +29,6 @@ from jiio_jax.train import (
     train_and_evaluate,
 )
 from jiio_jax.train import mesh as mesh_lib
-from jiio_jax.train.plots import image_grid
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -238,12 +237,6 @@ def test_metric_writer_purges_and_writes_tensorboard(tmp_path):
     # Non-main processes write nothing.
     MetricWriter(str(tmp_path / "other"), enabled=False).write_scalars(1, {"train/loss": 1.0})
     assert not (tmp_path / "other").exists()
-
-
-def test_image_grid():
-    grid = image_grid(np.linspace(0, 1, 5 * 4 * 3 * 1).reshape(5, 4, 3, 1))
-    # 5 tiles of 4x3 in 2 rows of 3 columns, 1-pixel gaps.
-    assert grid.shape == (2 * 5 - 1, 3 * 4 - 1, 1) and grid.dtype == np.uint8
 
 
 @pytest.mark.slow

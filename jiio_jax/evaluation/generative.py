@@ -44,9 +44,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from jiio_jax import plotting
 from jiio_jax.evaluation import features as features_lib
 from jiio_jax.tasks.generative import GenerativeTask
-from jiio_jax.train import plots
 
 F32 = jnp.float32
 GMM_REG_COVAR = 1e-4
@@ -289,13 +289,17 @@ def psnr(config: ml_collections.ConfigDict, params: Any, options) -> dict[str, A
         series,
         f"{task.method}, {task.corruption}: {n} test images",
     )
-    rows = [res["clean"]]
     if task.corruption != "none":
-        rows.append(res["observation"])
-    rows.append(res["output"])
-    grid = np.concatenate(rows, axis=2)  # [k, H, cols * W, C]
-    plots.save_image_grid(
-        os.path.join(out_dir, "reconstructions.png"), np.clip(grid / 2 + 0.5, 0, 1)
+        columns = {"clean": res["clean"], "observed": res["observation"], "output": res["output"]}
+    else:
+        columns = {"target": res["clean"], "reconstruction": res["output"]}
+    tiles = np.clip(np.stack(list(columns.values()), axis=1) / 2 + 0.5, 0, 1)  # [k, cols, H, W, C]
+    title = f"{task.method.upper()} test reconstructions"
+    if task.corruption != "none":
+        title += f" ({task.corruption})"
+    plotting.save_images(
+        os.path.join(out_dir, "reconstructions.png"),
+        plotting.ImagePanel(tiles, tuple(columns), title),
     )
     results["seconds"] = time.perf_counter() - start
     return results
@@ -411,8 +415,10 @@ def _generate(config: ml_collections.ConfigDict, params: Any, options) -> dict[s
     out_dir = options.output_dir
     fake_u8 = to_uint8(fake)
     _write_folder(os.path.join(out_dir, "samples"), fake_u8)
-    plots.save_image_grid(
-        os.path.join(out_dir, "samples_grid.png"), fake_u8[:GRID_SIZE].astype(np.float32) / 255
+    plotting.save_images(
+        os.path.join(out_dir, "samples_grid.png"),
+        fake_u8[:GRID_SIZE].astype(np.float32) / 255,
+        title=f"{task.method.upper()} samples ({options.density})",
     )
     real = [
         batch["image"][:n]

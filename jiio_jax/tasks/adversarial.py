@@ -48,11 +48,13 @@ at the final input with the forward solver, never the attack's internal ``z``): 
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jiio_jax import jacobian
+from jiio_jax import jacobian, plotting
 from jiio_jax.configs import adversarial as adv_config
 from jiio_jax.jiio import JIIOSolution
 from jiio_jax.models.mdeq import MDEQClassifier
@@ -342,22 +344,30 @@ class AdversarialTask(Task):
         sol = self._jiio(params, images, labels, radius=self.eval_radius, solver=self.eval_jiio)
         return jax.lax.stop_gradient(sol.x)
 
-    def images(
-        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
-    ) -> dict[str, jax.Array]:
-        """``"attack"``: ``[N, H, 3 W, C]`` rows of clean | perturbed | ``|delta|`` (each image's
+    def images(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+        """``"attack"``: an ``ImagePanel`` of clean | adversarial | ``|delta|`` (each image's
         ``|delta|`` divided by its maximum) for the first ``N = min(B, num_image_examples)``
-        images, in ``[0, 1]``, under the evaluation attack of the training method (JIIO for
-        ``method="jiio"``, PGD otherwise; one attack keeps this cheap to compile)."""
+        images, in ``[0, 1]``, labelled with the true class and the eval-mode predictions on the
+        clean and the adversarial image, under the evaluation attack of the training method (JIIO
+        for ``method="jiio"``, PGD otherwise; one attack keeps this cheap to compile)."""
         n = min(batch["image"].shape[0], self.settings.num_image_examples)
         images = batch["image"][:n].astype(F32)
         labels = batch["label"][:n].astype(jnp.int32)
         params = jax.lax.stop_gradient(params)
         if self.settings.method == "jiio":
-            delta = self._eval_jiio(params, images, labels)
+            delta, attack = self._eval_jiio(params, images, labels), "JIIO"
         else:
-            delta = self._eval_pgd(params, images, labels, rng)
+            delta, attack = self._eval_pgd(params, images, labels, rng), "PGD"
+        # Predictions from equilibria re-solved at each input, as in ``evaluate``.
+        logits, _, _ = self._forward(params, jnp.concatenate([images, images + delta]))
+        pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         mag = jnp.abs(delta)
         mag = mag / jnp.maximum(jnp.max(mag, axis=(1, 2, 3), keepdims=True), 1e-12)
-        row = [to_unit(images), to_unit(images + delta), mag]
-        return {"attack": jnp.clip(jnp.concatenate(row, axis=2), 0.0, 1.0)}
+        tiles = jnp.stack([to_unit(images), to_unit(images + delta), mag], axis=1)
+        panel = plotting.ImagePanel(
+            jnp.clip(tiles, 0.0, 1.0),
+            ("clean", "adversarial", "|delta|"),
+            f"{attack} attack",
+            {"true": labels, "pred": pred[:n], "adv pred": pred[n:]},
+        )
+        return {"attack": panel}

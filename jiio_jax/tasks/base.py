@@ -53,10 +53,10 @@ class Task(abc.ABC):
         E.g. ``{"psnr": ..., "mse": ...}``; eval mode (no dropout).
         """
 
-    def images(
-        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
-    ) -> dict[str, jax.Array]:
-        """Image grids to save at eval: name -> ``[N, H, W, C]`` in ``[0, 1]``. Optional."""
+    def images(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+        """Image grids to save at eval, ``images/<name>_<step>.png``: name -> ``[N, H, W, C]``
+        in ``[0, 1]`` (a grid) or a :class:`jiio_jax.plotting.ImagePanel` (labelled groups).
+        Optional."""
         del params, batch, rng
         return {}
 

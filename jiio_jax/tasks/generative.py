@@ -50,11 +50,13 @@ decodes draws from its prior ``N(0, I)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jiio_jax import jacobian, jiio
+from jiio_jax import jacobian, jiio, plotting
 from jiio_jax.configs import common as cc
 from jiio_jax.configs import generative as gc
 from jiio_jax.jiio import JIIOSolution
@@ -313,25 +315,27 @@ class GenerativeTask(Task):
         ``residual`` and, for inverse problems, ``psnr_corrupted`` (of the observation)."""
         return self.reconstruct_and_score(params, batch["image"], rng)[0]
 
-    def images(
-        self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
-    ) -> dict[str, jax.Array]:
-        """``"reconstruction"``: ``[N, H, k W, C]`` rows of clean | observation (inverse problems
-        only) | output for the first ``N = min(B, num_image_examples)`` images;
-        ``"samples"``: ``[num_samples, H, W, C]`` decoded draws (see the module docstring).
-        All in ``[0, 1]``."""
+    def images(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:
+        """``"reconstruction"``: an ``ImagePanel`` of ``[N, k, H, W, C]``, clean | observed |
+        output (inverse problems) or target | reconstruction, for the first
+        ``N = min(B, num_image_examples)`` images; ``"samples"``: ``[num_samples, H, W, C]``
+        decoded draws (see the module docstring). All in ``[0, 1]``."""
         clean = batch["image"]
         k_rec, k_sample = jax.random.split(rng)
         obs, out, latents, _ = self._reconstruct(params, clean, k_rec)
         n = min(clean.shape[0], self.num_image_examples)
-        columns = [clean[:n]]
         if self.corruption != "none":
-            columns.append(obs.image[:n])
-        columns.append(out[:n])
-        grid = to_unit(jnp.concatenate(columns, axis=2))
+            columns = {"clean": clean[:n], "observed": obs.image[:n], "output": out[:n]}
+            title = f"{self.method.upper()} reconstructions ({self.corruption})"
+        else:
+            columns = {"target": clean[:n], "reconstruction": out[:n]}
+            title = f"{self.method.upper()} reconstructions"
+        panel = plotting.ImagePanel(
+            to_unit(jnp.stack(list(columns.values()), axis=1)), tuple(columns), title
+        )
         draws = self._sample_latents(k_sample, latents)
         samples, _ = self.model(params["decoder"], draws)
-        return {"reconstruction": grid, "samples": to_unit(samples)}
+        return {"reconstruction": panel, "samples": to_unit(samples)}
 
     def _sample_latents(self, key: jax.Array, latents: jax.Array) -> jax.Array:
         """``[num_samples, D]`` draws: N(0, I) (VAE) or a Gaussian fitted to ``latents`` (JIIO)."""

@@ -1,52 +1,13 @@
-"""PNG outputs: image grids from ``Task.images`` and the loss curve.
+"""The loss curve PNG (image grids are drawn by :mod:`jiio_jax.plotting`).
 
-Uses PIL for grids and matplotlib's object-oriented API (``Figure`` + Agg canvas, no
-``pyplot``), so nothing touches global backend state or needs a display.
+Uses matplotlib's object-oriented API (``Figure`` + Agg canvas, no ``pyplot``), so nothing
+touches global backend state or needs a display.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
-
-import numpy as np
-from PIL import Image
-
-
-def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tiles ``[N, H, W, C]`` images in ``[0, 1]`` into one ``[rows*(H+pad)-pad, ..., C]`` image.
-
-    Args:
-      images: ``[N, H, W, C]`` with ``C`` in {1, 3}; values are clipped to ``[0, 1]``.
-      ncols: columns; default ``ceil(sqrt(N))``.
-      pad: white pixels between tiles.
-
-    Returns:
-      uint8 ``[H', W', C]``.
-    """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be [N, H, W, C] with C in (1, 3), got {images.shape}.")
-    n, h, w, c = images.shape
-    ncols = ncols or math.ceil(math.sqrt(n))
-    nrows = math.ceil(n / ncols)
-    grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad, c), np.float32)
-    for i, img in enumerate(np.clip(np.nan_to_num(images), 0.0, 1.0)):
-        r, col = divmod(i, ncols)
-        grid[r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = img
-    return np.round(grid * 255).astype(np.uint8)
-
-
-def save_image_grid(path: str, images: np.ndarray, *, min_size: int = 256) -> None:
-    """Saves :func:`image_grid` of ``images`` as a PNG, upscaled (nearest) to ``min_size``."""
-    grid = image_grid(images)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    scale = max(1, min_size // max(img.size))
-    if scale > 1:
-        img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    img.save(path)
 
 
 def save_loss_curve(
