@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jiio_jax import jacobian
-from jiio_jax.deq import Implicit, fixed_point
+from jiio_jax.deq import ON_FAILURE, Implicit, fixed_point
 from jiio_jax.models import cell as cell_lib
 from jiio_jax.models import heads, injections
 from jiio_jax.models.cell import CellInput, MDEQCell
@@ -112,8 +112,13 @@ class _MDEQModel(abc.ABC):
     solver: Any = DEFAULT_SOLVER
     backward: Any = Implicit()
     param_dtype: Any = jnp.float32
+    # What a failed equilibrium (or adjoint) solve does: see ``jiio_jax.deq.fixed_point``. The
+    # training tasks use "nan", so the loop's non-finite check stops a run at the failing step.
+    on_failure: str = "ignore"
 
     def __post_init__(self):
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(f"`on_failure` must be one of {ON_FAILURE}, got {self.on_failure!r}.")
         if not isinstance(self.config, MDEQConfig):
             raise TypeError(f"`config` must be an MDEQConfig, got {type(self.config).__name__}.")
         if not callable(self.solver):
@@ -199,7 +204,13 @@ class _MDEQModel(abc.ABC):
         if z0 is None:
             z0 = self.z0(jax.tree.leaves(cell_params)[0].dtype)
         return fixed_point(
-            self.cell, z0, x, cell_params, solver=self.solver, backward=self.backward
+            self.cell,
+            z0,
+            x,
+            cell_params,
+            solver=self.solver,
+            backward=self.backward,
+            on_failure=self.on_failure,
         )
 
     def jacobian_loss(
