@@ -162,7 +162,7 @@ def _reference_grad(p, x, y):
 
 
 def _flat(g):
-    return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in g])
+    return np.concatenate([np.asarray(a, np.float64).ravel() for a in g])
 
 
 def agreement_section(steps: int = 300, repeats: int = 20, smoke: bool = False, log=print) -> str:
@@ -175,7 +175,7 @@ def agreement_section(steps: int = 300, repeats: int = 20, smoke: bool = False, 
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         g_ref, res = jax.jit(_reference_grad)(p64, jnp.asarray(x, jnp.float64), jnp.asarray(y))
-        ref = np.asarray(_flat(g_ref))
+        ref = _flat(g_ref)
     methods = {
         "jiio_jax Anderson + Implicit": _jiio_grad,
         "optimistix FixedPointIteration + ImplicitAdjoint": _optx_grad("fpi"),
@@ -185,7 +185,7 @@ def agreement_section(steps: int = 300, repeats: int = 20, smoke: bool = False, 
     compiled, grads, compile_s = {}, {}, {}
     for name, fn in methods.items():
         compiled[name], compile_s[name] = common.compile_fn(fn, *args)
-        grads[name] = np.asarray(_flat(compiled[name](*args)), np.float64)
+        grads[name] = _flat(compiled[name](*args))
     times = common.interleaved_medians({k: (v, args) for k, v in compiled.items()}, repeats)
     ours = grads["jiio_jax Anderson + Implicit"]
     rows = []
