@@ -105,7 +105,7 @@ def test_attack_and_adversarial_timing(adv_run, tmp_path):
     # 12 images in batches of 5: the last batch (2 images) is padded, its padding discarded.
     options = EvalOptions(output_dir=out, num_examples=12, batch_size=5, steps=steps)
     res = run_evaluation("attack", config, adv_run, options)
-    with open(os.path.join(out, "attack.json")) as f:
+    with open(os.path.join(out, "attack_step2.json")) as f:
         assert json.load(f) == json.loads(json.dumps(res))
     assert res["checkpoint_step"] == 2 and res["num_examples"] == 12
     assert res["epsilon"] == config.model.epsilon and res["norm"] == "l2"
@@ -161,7 +161,7 @@ def test_cli_attack(adv_run, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(out / "attack.json") as f:
+    with open(out / "attack_step2.json") as f:
         res = json.load(f)
     assert res["evaluation"] == "attack" and res["steps"] == [2, 3]
     assert res["num_examples"] == 8
@@ -177,7 +177,7 @@ def test_meta_and_meta_timing(meta_run, tmp_path):
     out = str(tmp_path / "eval")
     options = EvalOptions(output_dir=out, num_examples=8)
     res = run_evaluation("meta", config, meta_run, options)
-    assert os.path.exists(os.path.join(out, "meta.json"))
+    assert os.path.exists(os.path.join(out, "meta_step2.json"))
     assert res["num_episodes"] == 8 and res["batch_size"] == config.eval_batch_size
     methods = res["methods"]
     assert sorted(methods) == ["jiio", "projected_adam"]

@@ -105,9 +105,9 @@ def test_psnr(run, tmp_path):
     np.testing.assert_allclose(table[:, 1].mean(), results["psnr_mean"], rtol=1e-4)
     # PSNR on [0, 1] of the [-1, 1]-scale MSE: psnr = -10 log10(mse / 4) per image.
     np.testing.assert_allclose(table[:, 1], -10 * np.log10(table[:, 2] / 4), rtol=1e-4)
-    for name in ("psnr.json", "psnr_hist.png", "reconstructions.png"):
+    for name in ("psnr_step2.json", "psnr_hist.png", "reconstructions.png"):
         assert (tmp_path / name).exists(), name
-    assert json.loads((tmp_path / "psnr.json").read_text()) == results
+    assert json.loads((tmp_path / "psnr_step2.json").read_text()) == results
     # Deterministic (holes, noise and JIIO all seeded by options.seed).
     again = run_evaluation("psnr", load_config(), run, options)
     assert again["psnr_mean"] == results["psnr_mean"]
@@ -196,7 +196,7 @@ def test_cli_psnr_inpaint(run, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((out / "psnr.json").read_text())
+    results = json.loads((out / "psnr_step2.json").read_text())
     assert results["num_images"] == 8 and results["corruption"] == "inpaint"
     stats = ("mean", "q25", "median", "q75", "min", "max")
     _finite(results, [f"psnr_corrupted_{s}" for s in stats] + [f"psnr_{s}" for s in stats])

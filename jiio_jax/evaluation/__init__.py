@@ -5,8 +5,9 @@ Each evaluation is ``fn(config, params, options) -> results``: ``config`` is the
 ``params`` its trained parameters (``jiio_jax.train.load_state(workdir)["params"]``),
 ``options`` an :class:`EvalOptions`; ``results`` is a JSON-serialisable dict, and files
 (image folders, plots) go under ``options.output_dir``. :func:`run_evaluation` loads the
-checkpoint, runs one evaluation and writes ``<output_dir>/<name>.json``; the command line is
-``experiments/evaluate.py``.
+checkpoint, runs one evaluation and writes ``<output_dir>/<name>_step<N>.json`` (one file per
+evaluated checkpoint step); the command line is ``experiments/evaluate.py``, which takes the
+config from the run's ``config.json``.
 
 =========  ==============================  ====================================================
 name       tasks                           what it measures
@@ -116,6 +117,11 @@ def get_evaluation(name: str, task: str) -> Callable[..., dict[str, Any]]:
     return getattr(importlib.import_module(module), function)
 
 
+def result_path(output_dir: str, name: str, step: int) -> str:
+    """Where :func:`run_evaluation` writes evaluation ``name`` of checkpoint ``step``."""
+    return os.path.join(output_dir, f"{name}_step{step}.json")
+
+
 def run_evaluation(
     name: str,
     config: ml_collections.ConfigDict,
@@ -125,10 +131,22 @@ def run_evaluation(
     step: int | None = None,
 ) -> dict[str, Any]:
     """Loads the checkpoint of ``workdir`` (``step`` or the latest), runs evaluation ``name``
-    and writes its results to ``<options.output_dir>/<name>.json``.
+    and writes its results to ``<options.output_dir>/<name>_step<N>.json``.
+
+    Args:
+      name: the evaluation (:data:`EVALUATIONS`).
+      config: the run's config (``jiio_jax.train.record.evaluation_config(workdir)``).
+      workdir: the run's workdir.
+      options: the evaluation's options.
+      step: the checkpoint step; default the latest.
 
     Returns:
       The results, with ``"checkpoint_step"`` and ``"evaluation"`` added.
+
+    Raises:
+      ValueError: ``name`` is unknown or does not apply to ``config.task``.
+      FileNotFoundError: no checkpoint (at ``step``): the message lists the available steps.
+      jiio_jax.train.checkpoint.CheckpointError: the checkpoint cannot be read.
     """
     from jiio_jax.train.checkpoint import load_state
 
@@ -137,10 +155,10 @@ def run_evaluation(
     os.makedirs(options.output_dir, exist_ok=True)
     results = fn(config, state["params"], options)
     results = {"evaluation": name, "checkpoint_step": int(state["step"]), **results}
-    path = os.path.join(options.output_dir, f"{name}.json")
+    path = result_path(options.output_dir, name, results["checkpoint_step"])
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
 
 
-__all__ = ["EVALUATIONS", "EvalOptions", "get_evaluation", "run_evaluation"]
+__all__ = ["EVALUATIONS", "EvalOptions", "get_evaluation", "result_path", "run_evaluation"]

@@ -23,6 +23,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import SingleDeviceSharding
 
 from jiio_jax.train.state import TrainState
@@ -214,27 +215,26 @@ def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
             f"No checkpoint at step {step} in {path}; available steps: "
             f"{', '.join(map(str, steps))}."
         )
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    handlers = {"state": ocp.StandardCheckpointHandler()}
+    # The state item's own handler, without a CheckpointManager: a read-only manager warns
+    # about its options and about the data_iter item it is not asked to restore.
+    handler = ocp.StandardCheckpointHandler()
     # Restore onto one local device whatever mesh saved it (the saved shardings name devices
     # that may not exist here).
     device = jax.local_devices()[0]
     _silence_closed_loop_callbacks()
-    with ocp.CheckpointManager(path, options=options, item_handlers=handlers) as manager:
 
-        def read(s: int) -> Any:
-            abstract = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(
-                    m.shape, m.dtype, sharding=SingleDeviceSharding(device)
-                ),
-                manager.item_metadata(s)["state"],
-            )
-            return manager.restore(
-                s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            ).state
+    def read(s: int) -> Any:
+        item = epath.Path(path) / str(s) / "state"
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=SingleDeviceSharding(device)),
+            handler.metadata(item),
+        )
+        return handler.restore(item, args=ocp.args.StandardRestore(abstract))
 
-        try:
-            restored = read(step)
-        except Exception as e:  # noqa: BLE001 (any failure to read means a damaged checkpoint)
-            raise _unreadable(path, step, e, _succeeds(read), steps) from e
+    try:
+        restored = read(step)
+    except Exception as e:  # noqa: BLE001 (any failure to read means a damaged checkpoint)
+        raise _unreadable(path, step, e, _succeeds(read), steps) from e
+    finally:
+        handler.close()
     return jax.device_get(restored)

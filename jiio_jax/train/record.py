@@ -7,7 +7,9 @@ A rerun in the same workdir must use the same config, except for the loop's cade
 changes are accepted and appended to ``workdir/config_history.jsonl``. Any other difference is
 refused with :class:`ConfigConflictError` before anything in the workdir is touched.
 
-``evaluate.py`` reads the record back with :func:`load_run_config`.
+``evaluate.py`` reads the record back with :func:`load_run_config`, and with
+:func:`evaluation_config` accepts a config given on its command line only where it agrees with
+the record on everything but evaluation-time fields (:data:`EVAL_FIELDS`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,23 @@ MUTABLE_FIELDS = (
     "tensorboard",
     "num_devices",
 )
+# Fields an evaluation may set differently from training: how and what it evaluates, not the
+# trained model (e.g. a reconstruction run scored on inpainting; fields under "eval.").
+EVAL_FIELDS = (
+    *MUTABLE_FIELDS,
+    "eval_batch_size",
+    "num_eval_batches",
+    "model.corruption",
+    "model.hole",
+    "model.noise_sigma",
+    "model.eval_methods",
+    "model.num_samples",
+    "model.num_image_examples",
+    "data.path",
+    "data.num_workers",
+    "data.num_test_episodes",
+)
+EVAL_PREFIXES = ("eval.",)
 _MAX_NAMED = 4  # Differing fields named in the one-line refusal.
 
 
@@ -170,4 +189,50 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
             f"{os.path.join(workdir, CONFIG_FILE)} does not exist: --workdir must be a "
             "directory written by experiments/train.py."
         )
+    return ml_collections.ConfigDict(_tuples(record))
+
+
+def _set(nested: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        nested = nested.setdefault(parent, {})
+    nested[leaf] = value
+
+
+def evaluation_config(
+    workdir: str, given: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
+    """The config to evaluate ``workdir``'s run with: its record, updated by ``given`` (a config
+    from the command line, with its overrides) in evaluation-time fields only.
+
+    Fields the record lacks (added to the configs after the run was trained) are taken from
+    ``given``.
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json``.
+      ConfigConflictError: ``given`` differs from the record in a trained-model field such as
+        ``model.method`` or an architecture field (the message names them).
+    """
+    record = read_record(workdir)
+    load_run_config(workdir)  # The FileNotFoundError with its advice.
+    if given is None:
+        return load_run_config(workdir)
+    diffs = differences(record, given)
+    conflicts = {
+        k: v
+        for k, v in diffs.items()
+        if v[0] != _MISSING
+        and v[1] != _MISSING
+        and k not in EVAL_FIELDS
+        and not k.startswith(EVAL_PREFIXES)
+    }
+    if conflicts:
+        raise ConfigConflictError(
+            f"--config does not match the run in {workdir}: "
+            f"{describe(conflicts, CONFIG_FILE, '--config')}. Drop --config (the run's "
+            "config.json is used) or change only evaluation fields."
+        )
+    for key, (_, value) in diffs.items():
+        if value != _MISSING:
+            _set(record, key, value)
     return ml_collections.ConfigDict(_tuples(record))
