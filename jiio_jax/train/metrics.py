@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
+
 METRICS_FILE = "metrics.jsonl"
 HPARAMS_FILE = "hparams.json"
 
@@ -40,7 +42,9 @@ class MetricWriter:
     Args:
       logdir: the output directory (the run's workdir).
       enabled: whether this process writes anything.
-      tensorboard: also write TensorBoard event files to ``logdir/tensorboard``.
+      tensorboard: also write TensorBoard event files to ``logdir/tensorboard`` when
+        ``tensorboardX`` is installed (without it: one log line saying so, JSONL only). Where
+        the events go and the ``tensorboard --logdir`` command are logged once.
       purge_step: on resume, the first step that will be written again; JSONL lines and
         TensorBoard events with ``step >= purge_step`` from the interrupted run are dropped so
         every step appears once.
@@ -66,10 +70,19 @@ class MetricWriter:
             _purge_jsonl(self._path, purge_step)
         self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         if tensorboard:
-            import tensorboardX  # Optional dependency; imported only when asked for.
-
-            self._tb = tensorboardX.SummaryWriter(
-                os.path.join(logdir, "tensorboard"), purge_step=purge_step
+            try:
+                import tensorboardX  # Optional dependency; imported only when asked for.
+            except ImportError:
+                logging.info(
+                    "No TensorBoard events: tensorboardX is not installed (pip install "
+                    "tensorboardX); metrics are in %s.",
+                    self._path,
+                )
+                return
+            tb_dir = os.path.join(logdir, "tensorboard")
+            self._tb = tensorboardX.SummaryWriter(tb_dir, purge_step=purge_step)
+            logging.info(
+                "TensorBoard events in %s; view with: tensorboard --logdir %s", tb_dir, tb_dir
             )
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:

@@ -40,6 +40,10 @@ def create_learning_rate_fn(
 ) -> optax.Schedule:
     """Linear warm-up from 0 to ``optim.lr`` over ``warmup_steps``, then cosine to 0 at
     ``num_train_steps`` or constant."""
+    if optim.schedule == "cosine" and optim.warmup_steps == 0:
+        # The same values as the warm-up version with 0 steps, without optax's warning about
+        # the zero-length linear piece that version builds.
+        return optax.cosine_decay_schedule(optim.lr, decay_steps=num_train_steps, alpha=0.0)
     if optim.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
