@@ -36,7 +36,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 500  # Also saved at the last step.
     config.keep_checkpoints = 2  # Most recent checkpoints kept.
     config.num_eval_batches = 10  # Eval batches of the test split (fewer if it is smaller).
-    config.tensorboard = False  # Also write TensorBoard events (needs tensorboardX).
+    config.tensorboard = True  # Also TensorBoard events in <workdir>/tensorboard (if tensorboardX).
     config.num_devices = 0  # 0 = all devices; n = the first n (single-process only).
 
     config.optim = ml_collections.ConfigDict()
@@ -76,7 +76,6 @@ def experiment_config(
         warmup_steps=0,
         grad_clip_norm=0.0,
     )
-    config.tensorboard = False
     return config
 
 
