@@ -49,11 +49,17 @@ def checkpoint_steps(workdir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(path) if n.isdigit())
 
 
+def _is_orbax_coroutine(obj: Any) -> bool:
+    code = getattr(obj, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
 def _silence_closed_loop_callbacks() -> None:
     # When a TensorStore read fails, orbax's asyncio loop closes while other reads are still
-    # in flight; their completion callbacks then raise "Event loop is closed" as unraisable
-    # exceptions, printed as a wall of tracebacks that buries the real error. They carry no
-    # information, so they are dropped (everything else reaches the previous hook).
+    # in flight: their completion callbacks raise "Event loop is closed" and the abandoned
+    # read coroutines raise again when finalized, all as unraisable exceptions printed as a
+    # wall of tracebacks that buries the real error (which CheckpointError reports). They
+    # carry no information, so they are dropped; anything else reaches the previous hook.
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
         return
@@ -61,6 +67,8 @@ def _silence_closed_loop_callbacks() -> None:
     def hook(unraisable):
         exc = unraisable.exc_value
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        if _is_orbax_coroutine(unraisable.object):
             return
         previous(unraisable)
 
