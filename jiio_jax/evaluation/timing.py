@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from jiio_jax.evaluation.robustness import (
     attack_fns,
@@ -85,20 +86,24 @@ def _compile(fn: Callable, *args: Any) -> tuple[Callable[[], Any], float]:
     """``(call, compile_seconds)``: ``fn`` jitted and compiled for ``args``; ``call()`` runs it."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
-    return functools.partial(compiled, *args), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    logging.info("timing: compiled a solve in %.1fs.", seconds)  # Progress: minutes in all.
+    return functools.partial(compiled, *args), seconds
 
 
 def interleaved_times(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list]:
     """Wall seconds of each ``call()`` (one ``block_until_ready`` each): one untimed warm-up
     call per method, then ``repeats`` round-robin rounds."""
+    logging.info("timing: %d methods, one warm-up call and %d timed rounds.", len(calls), repeats)
     for call in calls.values():
         jax.block_until_ready(call())
     seconds: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
+    for i in range(repeats):
         for name, call in calls.items():
             start = time.perf_counter()
             jax.block_until_ready(call())
             seconds[name].append(time.perf_counter() - start)
+        logging.info("timing: round %d/%d done.", i + 1, repeats)
     return seconds
 
 
