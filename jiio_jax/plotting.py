@@ -60,9 +60,21 @@ class ImagePanel:
     labels: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-jax.tree_util.register_dataclass(
-    ImagePanel, data_fields=["images", "labels"], meta_fields=["columns", "title"]
-)
+def _flatten_panel(panel: ImagePanel):
+    # Not register_dataclass: a dict child would come back with sorted keys, and the labels are
+    # drawn in the order given.
+    names = tuple(panel.labels)
+    children = (panel.images, tuple(panel.labels[n] for n in names))
+    return children, (panel.columns, panel.title, names)
+
+
+def _unflatten_panel(aux, children) -> ImagePanel:
+    columns, title, names = aux
+    images, values = children
+    return ImagePanel(images, columns, title, dict(zip(names, values, strict=True)))
+
+
+jax.tree_util.register_pytree_node(ImagePanel, _flatten_panel, _unflatten_panel)
 
 
 def grid_shape(n: int, max_aspect: float = 4.0, max_single_row: int = 8) -> tuple[int, int, int]:

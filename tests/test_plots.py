@@ -167,6 +167,10 @@ def test_panel_is_a_pytree_returned_by_jit():
     panel = jax.device_get(out)["p"]
     assert panel.columns == ("a", "b") and panel.title == "t"
     assert panel.images.shape == (2, 2, 4, 4, 1) and list(panel.labels["true"]) == [0, 1]
+    # Labels keep their order (drawn left to right), not the sorted order of a dict pytree.
+    order = {"true": jnp.zeros(2), "pred": jnp.ones(2), "adv pred": jnp.ones(2)}
+    out = jax.jit(lambda x: plotting.ImagePanel(x, ("a",), "t", order))(jnp.zeros((2, 1, 4, 4, 1)))
+    assert list(out.labels) == ["true", "pred", "adv pred"]
 
 
 def test_bad_shapes_name_the_field():
