@@ -188,6 +188,10 @@ def main(argv: list[str]) -> None:
         # Bad input, one line each: a --config conflicting with the run (ConfigConflictError
         # is a ValueError), an evaluation for another task, missing or unreadable files.
         _fail(" ".join(str(e).split()))
+    except KeyboardInterrupt:
+        logging.flush()
+        print(f"Interrupted; no {_TASK.value} results written.", file=sys.stderr, flush=True)
+        sys.exit(130)
     logging.flush()
     print(summary_table(results))
     print(f"\nWrote {result_path(options.output_dir, _TASK.value, results['checkpoint_step'])}")

@@ -90,7 +90,14 @@ def main(argv: list[str]) -> None:
         _exit(f"error: {e}", 1)
     except KeyboardInterrupt:
         _exit("Interrupted before the first train step; nothing to save.", 128 + signal.SIGINT)
-    logging.info("Final metrics: %s", final)
+    # The loss and every eval metric; metrics.jsonl has all of them.
+    shown = {k: v for k, v in final.items() if k == "train/loss" or k.startswith("eval/")}
+    logging.info(
+        "Done at step %d: %s. Outputs in %s.",
+        final["step"],
+        " | ".join(f"{k} {v:.4g}" for k, v in shown.items()),
+        _WORKDIR.value,
+    )
 
 
 def _exit(line: str, code: int) -> None:
