@@ -119,7 +119,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
 
 
 # -- progress ----------------------------------------------------------------------------------
-class _Heartbeat:
+class Heartbeat:
     """Logs "still running" every ``HEARTBEAT_SECONDS`` so a long evaluation is never silent."""
 
     def __init__(self, what: str):
@@ -132,7 +132,7 @@ class _Heartbeat:
             elapsed = format_duration(time.monotonic() - start)
             logging.info("%s: still running (%s elapsed).", self._what, elapsed)
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -182,7 +182,7 @@ def main(argv: list[str]) -> None:
         logging.info(
             "Evaluating %r of the %r run in %s at step %d.", _TASK.value, config.task, workdir, step
         )
-        with _Heartbeat(f"{_TASK.value} evaluation"):
+        with Heartbeat(f"{_TASK.value} evaluation"):
             results = run_evaluation(_TASK.value, config, workdir, options, step=step)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         # Bad input, one line each: a --config conflicting with the run (ConfigConflictError

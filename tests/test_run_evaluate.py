@@ -9,14 +9,17 @@ The command-line checks that fail before any evaluation runs use the toy run of
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 
 import helpers
 import pytest
 from train_toy import toy_config
 
+from jiio_jax.evaluation.timing import interleaved_times
 from jiio_jax.train import train_and_evaluate
 from jiio_jax.train.record import ConfigConflictError, evaluation_config
 
@@ -152,3 +155,16 @@ def test_evaluate_with_only_workdir(tmp_path):
         "--config.model.method=vae",
     )
     assert "config.model.method is 'jiio'" in _one_error_line(proc)
+
+
+# -- progress of long evaluations ----------------------------------------------------------------
+def test_heartbeat_and_timing_rounds_are_logged(monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(evaluate_cli, "HEARTBEAT_SECONDS", 0.05)
+    with evaluate_cli.Heartbeat("timing evaluation"):
+        time.sleep(0.3)
+        interleaved_times({"a": lambda: 1.0, "b": lambda: 2.0}, repeats=2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("timing evaluation: still running (") for m in messages)
+    assert "timing: 2 methods, one warm-up call and 2 timed rounds." in messages
+    assert "timing: round 2/2 done." in messages
