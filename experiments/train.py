@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jiio_jax.train
-from jiio_jax.train.checkpoint import CheckpointError
+from jiio_jax.train.checkpoint import CheckpointError, checkpoint_steps
 from jiio_jax.train.interrupt import TrainingInterrupted
 from jiio_jax.train.logs import hide_library_info
 from jiio_jax.train.record import ConfigConflictError
@@ -88,8 +88,10 @@ def main(argv: list[str]) -> None:
         _exit(str(e), 128 + e.signum)
     except (ConfigConflictError, CheckpointError) as e:
         _exit(f"error: {e}", 1)
-    except KeyboardInterrupt:
-        _exit("Interrupted before the first train step; nothing to save.", 128 + signal.SIGINT)
+    except KeyboardInterrupt:  # Before the loop's handler is installed, or a second Ctrl-C.
+        steps = checkpoint_steps(_WORKDIR.value)
+        latest = f"the latest checkpoint is step {steps[-1]}" if steps else "no checkpoint yet"
+        _exit(f"Interrupted without saving ({latest}).", 128 + signal.SIGINT)
     # The loss and every eval metric; metrics.jsonl has all of them.
     shown = {k: v for k, v in final.items() if k == "train/loss" or k.startswith("eval/")}
     logging.info(
