@@ -27,6 +27,16 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+__all__ = [
+    "MIN_TILE",
+    "ImagePanel",
+    "draw_grid",
+    "draw_panel",
+    "grid_shape",
+    "save_images",
+    "tile_scale",
+]
+
 MIN_TILE = 64
 """Default smallest tile side in pixels after upscaling."""
 INNER_GAP = 2
@@ -173,7 +183,9 @@ def _panel_columns(n: int, k: int, target_aspect: float = 1.6) -> int:
     return min(divisors, key=lambda g: (abs(math.log(g * k / (n // g) / target_aspect)), -g))
 
 
-def draw_panel(panel: ImagePanel, *, title: str | None = None, min_tile: int = MIN_TILE):
+def draw_panel(
+    panel: ImagePanel, *, title: str | None = None, min_tile: int = MIN_TILE
+) -> Image.Image:
     """An :class:`ImagePanel` as an RGB image: title, column labels over every group column,
     groups of ``K`` tiles ``INNER_GAP`` apart and ``GROUP_GAP`` between groups, and the
     group's ``labels`` under it. ``title`` overrides ``panel.title``."""
@@ -191,7 +203,10 @@ def draw_panel(panel: ImagePanel, *, title: str | None = None, min_tile: int = M
     title = panel.title if title is None else title
     label_font = _font(LABEL_SIZE)
     widest = max((_text_size(label_font, c)[0] for c in columns), default=0)
-    s = tile_scale(h, w, min_tile, min_width=widest + 6)
+    # Tiles wide enough for their column label, and groups for their caption.
+    caption = max((_caption_width(label_font, _caption(labels, i)) for i in range(n)), default=0)
+    caption_tile = math.ceil((caption + 6 - (k - 1) * INNER_GAP) / k)
+    s = tile_scale(h, w, min_tile, min_width=max(widest + 6, caption_tile))
     tiles = _as_uint8_tiles(images, s)
     th, tw = h * s, w * s
     group_w = k * tw + (k - 1) * INNER_GAP
@@ -224,20 +239,30 @@ def draw_panel(panel: ImagePanel, *, title: str | None = None, min_tile: int = M
     return img
 
 
-def _draw_labels(draw, labels, i, x, y, width, font) -> None:
-    """``"true 3  clean 3  adv 8"`` centred under a group; values != true in red."""
-    parts = [
-        (f"{name} {int(v[i])}", name != "true" and "true" in labels and v[i] != labels["true"][i])
+def _caption(labels: Mapping[str, np.ndarray], i: int) -> list[tuple[str, bool]]:
+    """``[("true 3", False), ("pred 3", False), ("adv pred 8", True)]``: group ``i``'s labels
+    and whether each differs from ``labels["true"]``."""
+    truth = labels.get("true")
+    return [
+        (f"{name} {int(v[i])}", truth is not None and name != "true" and v[i] != truth[i])
         for name, v in labels.items()
     ]
-    sep = "  "
-    total = sum(_text_size(font, p)[0] for p, _ in parts) + _text_size(font, sep)[0] * (
-        len(parts) - 1
-    )
-    cx = x + (width - total) // 2
+
+
+CAPTION_SEP = "  "
+
+
+def _caption_width(font, parts: list[tuple[str, bool]]) -> float:
+    return font.getlength(CAPTION_SEP.join(text for text, _ in parts))
+
+
+def _draw_labels(draw, labels, i, x, y, width, font) -> None:
+    """The caption of group ``i`` centred under it; values that differ from true in red."""
+    parts = _caption(labels, i)
+    cx = x + (width - _caption_width(font, parts)) / 2
     for text, wrong in parts:
         draw.text((cx, y), text, fill=MISMATCH if wrong else INK, font=font, anchor="lt")
-        cx += _text_size(font, text + sep)[0]
+        cx += font.getlength(text + CAPTION_SEP)
 
 
 def save_images(path: str, images: Any, *, title: str = "", min_tile: int = MIN_TILE) -> None:

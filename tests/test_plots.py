@@ -155,6 +155,22 @@ def test_attack_panel_shows_labels_and_marks_wrong_predictions_in_red():
     assert with_labels.size[1] > without.size[1]
 
 
+def test_group_captions_fit_under_their_group():
+    labels = {"true": np.arange(4), "pred": np.arange(4), "adv pred": np.arange(4) + 1}
+    img = plotting.draw_panel(plotting.ImagePanel(_tiles(4, 1, 8, 8), ("x",), "", labels))
+    mask = _tile_mask(img)
+    cols = _runs(mask.any(axis=0))
+    bottom = sum(_runs(mask.any(axis=1))[0])
+    band = np.asarray(img)[bottom : bottom + 18]
+    ink = (band.min(axis=-1) < 100) | ((band[..., 0] > 150) & (band[..., 1] < 80))
+    inked = ink.any(axis=0)
+    assert inked.any()
+    inside = np.zeros_like(inked)
+    for start, length in cols:
+        inside[start : start + length] = True
+    assert not (inked & ~inside).any()  # Widened tiles: no caption runs into its neighbour.
+
+
 def test_panel_is_a_pytree_returned_by_jit():
     def images_fn(x):
         return {
