@@ -11,7 +11,7 @@ import optax
 import pytest
 from train_toy import toy_config
 
-from jiio_jax.train import create_learning_rate_fn, train_and_evaluate
+from jiio_jax.train import create_learning_rate_fn, read_metrics, train_and_evaluate
 from jiio_jax.train.logs import hide_library_info
 from jiio_jax.train.loop import LOG_LINE_METRICS
 from jiio_jax.train.progress import ReportProgress
@@ -73,3 +73,15 @@ def test_no_warmup_builds_no_warmup_schedule(caplog):
 def test_backend_probe_info_hidden():
     hide_library_info()
     assert logging.getLogger("jax._src.xla_bridge").getEffectiveLevel() == logging.WARNING
+
+
+def test_no_rate_logged_before_a_warm_step(tmp_path, caplog):
+    # Logging every step: step 1 (the compile) has no warm rate: "?" in the line, and no NaN
+    # written to metrics.jsonl or TensorBoard.
+    caplog.set_level(logging.INFO)
+    train_and_evaluate(toy_config(num_train_steps=2, log_every=1), str(tmp_path))
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert steps[0].endswith("| ? steps/s | ETA ?")
+    assert re.search(r"\| [0-9.]+ steps/s \| ETA 0s$", steps[1])
+    train = read_metrics(str(tmp_path / "metrics.jsonl"), split="train")
+    assert "steps_per_sec" not in train[0] and isinstance(train[1]["steps_per_sec"], float)

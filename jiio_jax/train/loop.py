@@ -403,9 +403,7 @@ def train_and_evaluate(
                     )
                     return done
             if is_main:  # The config validated and the state was built: it is the record.
-                record_lib.write_record(
-                    workdir, config, step=initial_step, changes=config_changes
-                )
+                record_lib.write_record(workdir, config, step=initial_step, changes=config_changes)
                 if config_changes:
                     logging.info(
                         "Changed since the last run (recorded in %s): %s.",
@@ -483,9 +481,7 @@ def train_and_evaluate(
                     train_metrics.add(step, metrics)
                     if step == initial_step + 1:
                         jax.block_until_ready(metrics)  # Make the compile time visible.
-                        logging.info(
-                            "First step (compile + run): %.1fs.", time.perf_counter() - t0
-                        )
+                        logging.info("First step (compile + run): %.1fs.", time.perf_counter() - t0)
                         progress.restart(step)  # Rate and ETA from warm steps only.
 
                     if _every(step, config.log_every, num_steps):
@@ -493,9 +489,10 @@ def train_and_evaluate(
                         rate = progress.report(step)
                         summary = train_metrics.summary()
                         train = {f"train/{k}": v for k, v in summary.items()}
-                        writer.write_scalars(
-                            step, {**train, "train/steps_per_sec": rate["steps_per_sec"]}
-                        )
+                        if np.isfinite(rate["steps_per_sec"]):  # Not right after compiling.
+                            train["train/steps_per_sec"] = rate["steps_per_sec"]
+                        writer.write_scalars(step, train)
+                        train.pop("train/steps_per_sec", None)
                         writer.flush()
                         final.update(train)
                         shown = {k: summary[k] for k in LOG_LINE_METRICS if k in summary}
