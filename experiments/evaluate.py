@@ -58,6 +58,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Evaluation rng seed.")
 
 # Printed first in the summary: the answer, then what was evaluated.
 _HEADLINE = ("verdict", "evaluation", "checkpoint_step")
+_MAX_COLUMNS = 8  # Wider tables with fewer rows than columns are printed transposed.
 _SHORT_LIST = 8  # Longer lists (per-repeat seconds, ...) are only in the JSON file.
 HEARTBEAT_SECONDS = 30.0
 
@@ -82,14 +83,19 @@ def _fmt(value: Any) -> str:
 
 
 def _rows(section: Mapping[str, Any], label: str = "") -> list[tuple[str, dict[str, Any]]]:
-    """``(row label, {column: scalar})`` for the leaves of a nested result section."""
-    if section and all(isinstance(v, Mapping) for v in section.values()):
-        rows = []
-        for key in sorted(section, key=_natural):
-            rows += _rows(section[key], f"{label} {key}".strip())
-        return rows
+    """``(row label, {column: scalar})`` for a nested result section: its scalars form a row,
+    its sub-sections (e.g. step budgets) are walked in numeric order."""
     cells = {k: v for k, v in section.items() if not isinstance(v, Mapping | list)}
-    return [(label, cells)]
+    rows = [(label, cells)] if cells else []
+    subs = {k: v for k, v in section.items() if isinstance(v, Mapping)}
+    for key in sorted(subs, key=_natural):
+        rows += _rows(subs[key], f"{label} {key}".strip())
+    return rows
+
+
+def _table(table: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
@@ -111,10 +117,9 @@ def summary_table(results: Mapping[str, Any]) -> str:
             [label, *(_fmt(cells[c]) if c in cells else "" for c in columns)]
             for label, cells in rows
         ]
-        widths = [max(len(row[i]) for row in table) for i in range(len(columns) + 1)]
-        lines.append("")
-        for row in table:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if len(columns) > _MAX_COLUMNS and len(rows) < len(columns):
+            table = [list(column) for column in zip(*table, strict=True)]  # Fields as rows.
+        lines += ["", *_table(table)]
     return "\n".join(line.rstrip() for line in lines)
 
 
