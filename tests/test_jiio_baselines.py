@@ -159,3 +159,66 @@ def test_bad_inputs_raise(params):
         jiio.projected_adam(layer, cost, z0, x0, params, adjoint=Anderson())
     with pytest.raises(ValueError, match="step_size"):
         jiio.pgd(layer, cost, z0, x0, params, step_size="large")
+
+
+def test_pgd_sign_direction_and_ball_box_match_reference(params):
+    """Linf PGD (sign steps) inside a ball-and-box set, and a traced step count."""
+    phi, _ = reduced(params)
+    radius = 0.15
+    threat = jiio.BallBox(radius, lower=-0.1, upper=0.2, norm="linf")
+
+    def update(x, g, state, k):
+        return threat(x - 0.3 * radius * jnp.sign(g)), state
+
+    x_ref, costs_ref = reference_run(phi, update)
+    z0, x0 = jnp.zeros(NZ), jnp.zeros(NX)
+
+    def run(steps):
+        return jiio.pgd(
+            layer, cost, z0, x0, params, num_steps=steps, step_size=0.3 * radius,
+            direction="sign", projection=threat, forward_solver=FORWARD, backward=BACKWARD,
+        )  # fmt: skip
+
+    sol = jax.jit(lambda: run(STEPS))()
+    np.testing.assert_allclose(sol.x, x_ref, atol=1e-10)
+    np.testing.assert_allclose(sol.cost_trace, costs_ref, rtol=1e-9)
+    assert float(threat.violation(sol.x)) == 0.0
+    # One compilation for every k: a traced num_steps gives the same point, no trace.
+    traced = jax.jit(run)(jnp.asarray(STEPS, jnp.int32))
+    np.testing.assert_allclose(traced.x, sol.x, atol=1e-12)
+    assert traced.cost_trace is None
+    # The f-eval count: every forward solve's f evaluations, final solve included.
+    assert int(traced.forward_steps) == int(sol.forward_steps) > STEPS
+
+
+def test_pgd_vmaps_over_per_sample_ball_box_sets(params):
+    radii = jnp.asarray([0.05, 0.1, 0.3])
+    z0, x0 = jnp.zeros(NZ), jnp.zeros(NX)
+
+    def one(r):
+        threat = jiio.BallBox(r, lower=-0.2, upper=0.2)
+        return jiio.pgd(
+            layer, cost, z0, x0, params, num_steps=4, step_size=0.5 * r,
+            projection=threat, forward_solver=FORWARD, backward=BACKWARD,
+        )  # fmt: skip
+
+    batched = jax.jit(jax.vmap(one))(radii)
+    for i, r in enumerate(radii):
+        single = jax.jit(one)(r)
+        np.testing.assert_allclose(batched.x[i], single.x, atol=1e-12)
+        assert float(jnp.linalg.norm(batched.x[i])) <= float(r)
+        assert float(jnp.max(jnp.abs(batched.x[i]))) <= 0.2
+
+
+def test_pgd_bad_arguments_raise(params):
+    z0, x0 = jnp.zeros(NZ), jnp.zeros(NX)
+    with pytest.raises(ValueError, match="`direction` must be one of"):
+        jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, direction="l1")
+    with pytest.raises(ValueError, match="`num_steps` must be"):
+        jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, num_steps=jnp.asarray(2.0))
+    with pytest.raises(TypeError, match="got the class Anderson itself"):
+        jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, forward_solver=Anderson)
+    with pytest.raises(TypeError, match="got the class Implicit itself"):
+        jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, backward=Implicit)
+    with pytest.raises(TypeError, match="got the class BallBox itself"):
+        jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, projection=jiio.BallBox)

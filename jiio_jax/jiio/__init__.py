@@ -15,6 +15,7 @@ from jiio_jax.jiio.baselines import InnerLoopSolution as InnerLoopSolution
 from jiio_jax.jiio.baselines import inner_adam as inner_adam
 from jiio_jax.jiio.baselines import pgd as pgd
 from jiio_jax.jiio.baselines import projected_adam as projected_adam
+from jiio_jax.jiio.projections import BallBox as BallBox
 from jiio_jax.jiio.projections import Box as Box
 from jiio_jax.jiio.projections import L2Ball as L2Ball
 from jiio_jax.jiio.projections import LinfBall as LinfBall

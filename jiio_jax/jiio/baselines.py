@@ -6,8 +6,9 @@ by an outer first-order loop whose every step solves the DEQ forward and backwar
 - ``inner_adam``: optax Adam on ``x``; each step is ``jiio_jax.deq.fixed_point`` (forward
   solve) + ``jax.grad`` through its implicit backward (the paper's generative baseline, cold
   start by default).
-- ``pgd``: projected (normalized) gradient steps, ``x <- Pi(x - alpha g / ||g||)`` (the
-  paper's adversarial baseline, PGD-k).
+- ``pgd``: projected gradient steps, ``x <- Pi(x - alpha d)`` with ``d = g / ||g||`` (L2),
+  ``sign(g)`` (Linf) or ``g`` (the paper's adversarial baseline, PGD-k; the library's one PGD,
+  also the attacks' PGD).
 - ``projected_adam``: the reference's meta-learning baseline (§1.10): Adam + projection with the
   forward state ``z`` and the adjoint ``mu`` solved explicitly and warm-started from the
   previous step; the gradient is ``grad_x C + J_x^T mu``.
@@ -31,10 +32,11 @@ from jax.flatten_util import ravel_pytree
 from jiio_jax.deq import Implicit, fixed_point
 from jiio_jax.deq.backward import BACKWARD_MODES, Unrolled
 from jiio_jax.jiio import _problem
+from jiio_jax.jiio._pytree import check_instance
 from jiio_jax.jiio.projections import as_projection
 from jiio_jax.jiio.schedules import as_schedule
 from jiio_jax.solvers import Anderson, Broyden
-from jiio_jax.solvers._base import check_positive_float, check_positive_int
+from jiio_jax.solvers.core import check_positive_float, check_positive_int
 
 PyTree = Any
 
@@ -47,8 +49,10 @@ class InnerLoopSolution(NamedTuple):
       x: the final input (inside the projection's set); a constant.
       cost: ``[]``; ``cost(z, x, *args)`` at the final point.
       cost_trace: ``[num_steps + 1]``; cost at ``(z*(x_k), x_k)`` for ``k = 0..num_steps``
-        (entry ``k`` is the point *before* update ``k``; the last is the final point).
-      forward_steps: int32 ``[]``; forward-solver evaluations of ``f`` over all steps.
+        (entry ``k`` is the point *before* update ``k``; the last is the final point);
+        ``None`` for ``pgd`` with a traced ``num_steps``.
+      forward_steps: int32 ``[]``; forward-solver evaluations of ``f`` over all steps and the
+        final solve (the f-eval count; implicit-backward VJPs are not counted).
       mu: ``projected_adam`` only: the adjoint at the last gradient step; else ``None``.
     """
 
@@ -61,6 +65,7 @@ class InnerLoopSolution(NamedTuple):
 
 
 def _check_backward(backward: Any) -> None:
+    check_instance("backward", backward, BACKWARD_MODES, "Implicit()")
     if not isinstance(backward, BACKWARD_MODES) or isinstance(backward, Unrolled):
         raise ValueError(
             "`backward` must be Implicit, Neumann, OneStep or Phantom (jiio_jax.deq), got "
@@ -69,6 +74,11 @@ def _check_backward(backward: Any) -> None:
 
 
 def _check_solver(name: str, solver: Any) -> None:
+    if isinstance(solver, type):
+        raise TypeError(
+            f"`{name}` must be a solver instance such as Anderson(), got the class "
+            f"{solver.__name__} itself; call it with its fields."
+        )
     if not callable(solver):
         raise TypeError(
             f"`{name}` must be a solver configuration (e.g. Anderson()), got {solver!r}."
@@ -80,7 +90,8 @@ def _finish(prob, x, z_init, args, forward_solver, backward, trace, fevals, mu=N
     x = jax.lax.stop_gradient(x)
     sol = fixed_point(prob.f, z_init, x, *args, solver=forward_solver, backward=backward)
     final_cost = jax.lax.stop_gradient(prob.cost(sol.value, x, *args))
-    trace = jnp.concatenate([trace, final_cost[None].astype(trace.dtype)])
+    if trace is not None:
+        trace = jnp.concatenate([trace, final_cost[None].astype(trace.dtype)])
     return InnerLoopSolution(sol.value, x, final_cost, trace, fevals + sol.num_fevals, mu)
 
 
@@ -152,6 +163,9 @@ def inner_adam(
     return _finish(prob, x, z_init, prob.args, forward_solver, backward, trace, fevals)
 
 
+PGD_DIRECTIONS = ("normalized", "sign", "gradient")
+
+
 def pgd(
     f: Callable[..., PyTree],
     cost: Callable[..., jax.Array],
@@ -159,41 +173,63 @@ def pgd(
     x0: PyTree,
     *args: PyTree,
     step_size: Any,
-    num_steps: int = 20,
+    num_steps: int | jax.Array = 20,
     projection: Any = None,
-    normalize: bool = True,
+    direction: str = "normalized",
     normalize_eps: float = 1e-8,
     forward_solver: Callable = Anderson(max_steps=50, tol=1e-4),
     backward: Any = Implicit(Anderson(max_steps=50, tol=1e-4)),
 ) -> InnerLoopSolution:
-    r"""Projected (normalized) gradient descent on the reduced cost: PGD-``num_steps``.
+    r"""Projected gradient descent on the reduced cost: PGD-``num_steps`` (the one PGD).
 
     .. math::
-        x_{k+1} = \Pi\big(x_k - \alpha_k\, g_k / (\|g_k\| + \epsilon)\big)
-        \quad(\text{or } x_k - \alpha_k g_k \text{ with } \texttt{normalize=False})
+        x_{k+1} = \Pi\big(x_k - \alpha_k\, d_k\big),\quad
+        d_k = g_k / (\|g_k\|_2 + \epsilon)\ (\texttt{"normalized"}),\
+        \operatorname{sign}(g_k)\ (\texttt{"sign"})\ \text{or}\ g_k\ (\texttt{"gradient"})
 
-    with ``g_k`` the gradient through a cold-started DEQ forward solve and its implicit
-    backward. For an attack, pass ``cost = -loss`` (minimised, as in JIIO), an ``L2Ball``
-    projection and the perturbation as ``x``.
+    with ``g_k = grad_x cost(z*(x_k), x_k)`` through a DEQ forward solve cold-started at ``z0``
+    and its implicit backward, from ``x_0 = Pi(x0)``. Norms are over the whole pytree.
+
+    For an attack (maximise a loss), pass ``cost = -loss``, the perturbation as ``x`` (``x0``
+    zeros, or a random point such as ``BallBox.sample(key, x0)`` for a random start), the threat
+    set as ``projection`` (``L2Ball``, ``LinfBall`` or ``BallBox``), ``direction="normalized"``
+    (L2) or ``"sign"`` (Linf), and ``step_size = relative_step * radius`` (a traced per-sample
+    scalar is fine). One problem per call: ``jax.vmap`` over images, labels and projections.
 
     Args:
       f, cost, z0, x0, *args: as in ``jiio_jax.jiio.solve``.
       step_size: float or scalar array (may be traced), ``Constant``/``Piecewise`` schedule
         (called with ``(k, num_steps)``) or callable ``k -> alpha``.
-      num_steps: number of gradient steps.
-      projection: projection after every step (e.g. ``L2Ball(eps)``).
-      normalize: normalize the gradient by its (whole-pytree) L2 norm.
-      normalize_eps: :math:`\epsilon`.
+      num_steps: number of gradient steps: a Python int, or an int32 scalar array (e.g. traced,
+        so one compilation serves every ``k``; then ``cost_trace`` is ``None`` and a schedule
+        sees ``num_steps`` as that array).
+      projection: projection after every step (e.g. ``L2Ball(eps)``, ``BallBox``).
+      direction: ``"normalized"`` (L2 PGD), ``"sign"`` (Linf PGD) or ``"gradient"``.
+      normalize_eps: :math:`\epsilon` of the normalized direction.
       forward_solver, backward: as in ``inner_adam``.
 
     Returns:
-      An ``InnerLoopSolution``.
+      An ``InnerLoopSolution``; ``forward_steps`` counts the f evaluations of every forward
+      solve (the ``num_steps`` gradient steps and the final solve at ``x``; the implicit
+      backward's VJPs are not counted).
     """
-    num_steps = check_positive_int("num_steps", num_steps)
+    static_steps = isinstance(num_steps, int)
+    if static_steps:
+        num_steps = check_positive_int("num_steps", num_steps)
+    elif not (
+        isinstance(num_steps, jax.Array | np.ndarray)
+        and jnp.ndim(num_steps) == 0
+        and jnp.issubdtype(jnp.result_type(num_steps), jnp.integer)
+    ):
+        raise ValueError(
+            f"`num_steps` must be a positive int or an integer scalar array, got {num_steps!r}."
+        )
     if isinstance(step_size, jax.Array | np.ndarray) and jnp.ndim(step_size) == 0:
         schedule = lambda k, n: step_size  # an array (possibly traced, e.g. under vmap)
     else:
         schedule = as_schedule(step_size)
+    if direction not in PGD_DIRECTIONS:
+        raise ValueError(f"`direction` must be one of {PGD_DIRECTIONS}, got {direction!r}.")
     check_positive_float("normalize_eps", normalize_eps)
     _check_solver("forward_solver", forward_solver)
     _check_backward(backward)
@@ -208,13 +244,19 @@ def pgd(
         x, fevals = carry
         (c, (_, n)), g = value_and_grad(x, z_start)
         alpha = schedule(k, num_steps)
-        if normalize:
+        if direction == "normalized":
             alpha = alpha / (jnp.linalg.norm(ravel_pytree(g)[0]) + normalize_eps)
+        elif direction == "sign":
+            g = jax.tree.map(jnp.sign, g)
         x = proj(jax.tree.map(lambda xi, gi: (xi - alpha * gi).astype(xi.dtype), x, g))
         return (x, fevals + n), c
 
     carry = (x_start, jnp.zeros((), jnp.int32))
-    (x, fevals), trace = jax.lax.scan(step, carry, jnp.arange(num_steps))
+    if static_steps:
+        (x, fevals), trace = jax.lax.scan(step, carry, jnp.arange(num_steps))
+    else:
+        x, fevals = jax.lax.fori_loop(0, num_steps, lambda k, cr: step(cr, k)[0], carry)
+        trace = None
     return _finish(prob, x, z_start, prob.args, forward_solver, backward, trace, fevals)
 
 
@@ -257,6 +299,7 @@ def projected_adam(
     num_steps = check_positive_int("num_steps", num_steps)
     check_positive_float("learning_rate", learning_rate)
     _check_solver("forward_solver", forward_solver)
+    check_instance("adjoint", adjoint, (Implicit,), "Implicit(Broyden())")
     if not isinstance(adjoint, Implicit):
         raise TypeError(f"`adjoint` must be an Implicit(solver) (jiio_jax.deq), got {adjoint!r}.")
     proj = as_projection(projection)

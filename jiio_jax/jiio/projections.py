@@ -15,12 +15,14 @@ as the JIIO reference does per sample. Batches go through ``vmap`` (one problem 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
@@ -191,7 +193,162 @@ class Box:
         return jnp.max(jnp.stack(jax.tree.leaves(gaps)))
 
 
-PROJECTIONS = (Unconstrained, L2Ball, LinfBall, Box)
+NORMS = ("l2", "linf")
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["radius", "center", "lower", "upper"],
+    meta_fields=["norm", "bisection_steps"],
+)
+@dataclasses.dataclass(frozen=True)
+class BallBox:
+    r"""The ball :math:`\{\|x - c\|_p \le r\}` intersected with the box ``lower <= x <= upper``.
+
+    E.g. the threat set of an attack: ``x = delta``, ``c = 0``, the box keeping ``image + delta``
+    a valid image (``BallBox.perturbation``); or ``x`` the perturbed image itself, ``c`` the
+    clean image and the box the pixel range. ``p`` is 2 or inf over the whole pytree, as in
+    ``L2Ball`` / ``LinfBall``. Requires ``lower <= c <= upper`` (the set is then non-empty);
+    ``lower`` / ``upper`` ``None``: the ball only.
+
+    ``proj`` is the exact Euclidean projection:
+
+    - linf: the intersection is a box, ``clip(x, max(lower, c - r), min(upper, c + r))``;
+    - l2: the KKT conditions of ``min ||d - y||^2`` over the set (``y = x - c``) give
+      ``d(t) = clip(t y, lower - c, upper - c)`` with ``t = 1 / (1 + lambda)`` in ``(0, 1]``;
+      ``||d(t)||`` is non-decreasing in ``t``, so ``t`` is found by bisection
+      (``bisection_steps``; 30 resolve it to float32 precision) when the clipped point lies
+      outside the ball. A final scaling a few ulps inside the sphere makes
+      ``||proj(x) - c|| <= r`` hold exactly in floating point.
+
+    Attributes:
+      radius: ``r > 0`` (scalar; may be traced).
+      center: ``c``: ``None`` (the origin), a scalar or a pytree like ``x``.
+      lower, upper: box bounds (scalar/array for every leaf or a pytree like ``x``) or ``None``.
+      norm: ``"l2"`` or ``"linf"`` (static).
+      bisection_steps: l2 bisection iterations (static).
+    """
+
+    radius: Any
+    center: Any = None
+    lower: Any = None
+    upper: Any = None
+    norm: str = "l2"
+    bisection_steps: int = 30
+
+    def __post_init__(self):
+        _check_concrete("radius", self.radius, positive=True)
+        if self.norm not in NORMS:
+            raise ValueError(f"`norm` must be one of {NORMS}, got {self.norm!r}.")
+        if (self.lower is None) != (self.upper is None):
+            raise ValueError("`lower` and `upper` must both be given or both be None.")
+        if isinstance(self.bisection_steps, bool) or not isinstance(self.bisection_steps, int):
+            raise ValueError(
+                f"`bisection_steps` must be a positive int, got {self.bisection_steps!r}."
+            )
+        if self.bisection_steps < 1:
+            raise ValueError(
+                f"`bisection_steps` must be a positive int, got {self.bisection_steps!r}."
+            )
+
+    @classmethod
+    def perturbation(
+        cls,
+        image: PyTree,
+        radius: Any,
+        norm: str = "l2",
+        pixel_range: tuple[float, float] | None = (-1.0, 1.0),
+        bisection_steps: int = 30,
+    ) -> BallBox:
+        """The set of perturbations ``delta`` of ``image`` with ``||delta||_p <= radius`` and
+        ``image + delta`` inside ``pixel_range`` (``None``: the ball only).
+
+        The box is widened to contain 0, so pixels a rounding error outside the range cannot
+        empty the set.
+        """
+        if pixel_range is None:
+            return cls(radius, norm=norm, bisection_steps=bisection_steps)
+        lo, hi = pixel_range
+        lower = jax.tree.map(lambda a: jnp.minimum(lo - a, 0.0).astype(a.dtype), image)
+        upper = jax.tree.map(lambda a: jnp.maximum(hi - a, 0.0).astype(a.dtype), image)
+        return cls(radius, None, lower, upper, norm, bisection_steps)
+
+    def _offsets(self, x: PyTree):
+        """``(center, lower - c, upper - c)`` broadcast to ``x``'s structure."""
+        center = _broadcast_like(self.center, x, "center")
+        if self.lower is None:
+            return center, None, None
+        lower = _minus(_broadcast_like(self.lower, x, "lower"), center)
+        upper = _minus(_broadcast_like(self.upper, x, "upper"), center)
+        return center, lower, upper
+
+    def __call__(self, x: PyTree) -> PyTree:
+        center, lower, upper = self._offsets(x)
+        y = _minus(x, center)
+        leaf = jax.tree.leaves(y)[0]
+        r = jnp.asarray(self.radius, jnp.result_type(leaf))
+
+        def clip(d):
+            if lower is None:
+                return d
+            return jax.tree.map(lambda a, lo, hi: jnp.clip(a, lo, hi), d, lower, upper)
+
+        if self.norm == "linf":
+            d = jax.tree.map(lambda a: jnp.clip(a, -r, r), clip(y))
+            return _plus(jax.tree.map(lambda a, b: b.astype(a.dtype), y, d), center)
+        d = clip(y)
+        norm = _l2_norm(d)
+        if lower is not None:
+
+            def bisect(_, bounds):
+                lo, hi = bounds
+                mid = 0.5 * (lo + hi)
+                inside = _l2_norm(clip(jax.tree.map(lambda a: mid * a, y))) <= r
+                return jnp.where(inside, mid, lo), jnp.where(inside, hi, mid)
+
+            zero, one = jnp.zeros((), r.dtype), jnp.ones((), r.dtype)
+            _, t = jax.lax.fori_loop(0, self.bisection_steps, bisect, (zero, one))
+            shrunk = clip(jax.tree.map(lambda a: t * a, y))
+            d = jax.tree.map(lambda a, b: jnp.where(norm > r, b, a), d, shrunk)
+            norm = _l2_norm(d)
+        # As L2Ball: a few ulps inside, so a later norm computation cannot exceed r. Scaling
+        # towards the center stays inside the box (it contains the center).
+        eps = jnp.finfo(r.dtype).eps
+        inner = r * (1 - 8 * eps)
+        scale = jnp.where(norm > inner, inner / jnp.maximum(norm, r), 1.0)
+        d = jax.tree.map(lambda a, b: (b * scale).astype(a.dtype), y, d)
+        return _plus(d, center)
+
+    def violation(self, x: PyTree) -> jax.Array:
+        """How far ``x`` lies outside the set (0 inside): max of the norm and box gaps."""
+        center, lower, upper = self._offsets(x)
+        d = _minus(x, center)
+        norm = _l2_norm(d) if self.norm == "l2" else _linf_norm(d)
+        gap = jnp.maximum(norm - self.radius, 0.0)
+        if lower is not None:
+            gaps = jax.tree.map(
+                lambda a, lo, hi: jnp.max(jnp.maximum(lo - a, a - hi)), d, lower, upper
+            )
+            gap = jnp.maximum(gap, jnp.max(jnp.stack(jax.tree.leaves(gaps))))
+        return jnp.maximum(gap, 0.0)
+
+    def sample(self, key: jax.Array, like: PyTree) -> PyTree:
+        """A random point of the set shaped like ``like``: uniform in the ball (linf: the cube;
+        l2: uniform direction, radius ``r U^(1/D)``), then projected onto the set."""
+        flat, unravel = ravel_pytree(like)
+        dim = flat.size
+        k_dir, k_rad = jax.random.split(key)
+        r = jnp.asarray(self.radius, flat.dtype)
+        if self.norm == "linf":
+            v = jax.random.uniform(k_dir, flat.shape, flat.dtype, -1.0, 1.0) * r
+        else:
+            v = jax.random.normal(k_dir, flat.shape, flat.dtype)
+            v = v / jnp.linalg.norm(v) * r * jax.random.uniform(k_rad, (), flat.dtype) ** (1 / dim)
+        center = _broadcast_like(self.center, like, "center")
+        return self(_plus(unravel(v), center))
+
+
+PROJECTIONS = (Unconstrained, L2Ball, LinfBall, Box, BallBox)
 """The projection classes (for isinstance checks and parametrised tests)."""
 
 
