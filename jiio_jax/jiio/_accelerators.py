@@ -1,6 +1,6 @@
 """Acceleration of the augmented JIIO iteration on the flattened joint state ``s = [z; x; mu]``.
 
-Each accelerator follows the protocol of ``jiio_jax.solvers._base`` (``init``, ``propose``,
+Each accelerator follows the protocol of ``jiio_jax.solvers.core`` (``init``, ``propose``,
 ``observe`` on flat vectors), so Type-II Anderson, Broyden and the plain iteration are the
 library's own solver cores. Type-I ("good") Anderson, the JIIO reference default, lives here.
 With ``G_j = F(X_j) - X_j`` over the last ``m`` points and ``X_k`` the newest, it finds weights
@@ -21,6 +21,7 @@ newest point moves plus one fresh column.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -96,43 +97,101 @@ def type1_weights(
 
 
 class TypeIHistory(NamedTuple):
-    """Ring buffers of the last ``memory`` points (slot of point j is ``j % memory``).
+    """Ring buffers of the last ``memory`` points (slot of point j is ``j % memory``) + safeguard.
 
     Attributes:
       points: ``[m, n]``; ``X_j``.
       residuals: ``[m, n]``; ``G_j = F(X_j) - X_j``.
       gram: ``[m, m]``; ``<X_i - X_newest, G_j>``.
+      start: int32 ``[]``; index of the first point of the current history (0, or the step of
+        the last restart); slots holding older points are ignored.
+      best_sq: ``[]``; smallest ``||G_j||^2`` since the last restart (safeguard only).
+      stall: int32 ``[]``; evaluations since ``best_sq`` last decreased (or since a restart).
     """
 
     points: jax.Array
     residuals: jax.Array
     gram: jax.Array
+    start: jax.Array
+    best_sq: jax.Array
+    stall: jax.Array
 
 
 class TypeIAnderson:
-    """Type-I ("good") Anderson acceleration in the ``_base`` algorithm protocol."""
+    """Type-I ("good") Anderson acceleration in the solvers' algorithm protocol, safeguarded.
 
-    def __init__(self, memory: int, mixing: float, ridge: float):
+    **Safeguard** (opt-in; ``stall_steps=0, max_growth=inf`` is the reference): with ``b`` the
+    point of smallest ``||G_b||`` since the last restart, the history restarts when
+    ``stall_steps`` consecutive evaluations fail to improve on it, or when one evaluation's
+    ``||G||`` exceeds ``max_growth`` times it. A restart keeps only the *newest* point ``X_k``,
+    so the next point is the plain damped augmented step ``X_k + beta G_k`` and mixing
+    rebuilds from there. Unlike the solvers' Anderson it does not jump back to ``X_b``: the
+    joint residual mixes the moving ``x`` block, whose older points are worse inputs (going
+    back to ``X_b`` raised the mean cost of a 40-step latent reconstruction 0.40 -> 0.54).
+    Per problem and vmap-friendly: the ring-buffer slots stay the unbatched ``k % m``, a
+    restart only moves the per-problem ``start`` index that masks older slots; one dot product
+    and a few scalar selects per step, no extra evaluation.
+    """
+
+    def __init__(
+        self,
+        memory: int,
+        mixing: float,
+        ridge: float,
+        stall_steps: int = 0,
+        max_growth: float = math.inf,
+    ):
         self.memory, self.mixing, self.ridge = memory, mixing, ridge
+        self.stall_steps, self.max_growth = stall_steps, max_growth
+
+    @property
+    def safeguarded(self) -> bool:
+        return self.stall_steps > 0 or self.max_growth < math.inf
 
     def init(self, x0, g0):
         m, n = self.memory, x0.shape[0]
         zeros = jnp.zeros((m, n), x0.dtype)
+        keep = self.safeguarded
         return TypeIHistory(
             points=zeros.at[0].set(x0),
             residuals=zeros.at[0].set(g0),
             gram=jnp.zeros((m, m), x0.dtype),
+            start=jnp.zeros((), jnp.int32),
+            best_sq=g0 @ g0 if keep else jnp.zeros((), x0.dtype),
+            stall=jnp.zeros((), jnp.int32),
         )
 
     def propose(self, hist, x, g, k):
         m = self.memory
-        valid = jnp.arange(m) < jnp.minimum(k, m)
-        newest = jax.nn.one_hot((k - 1) % m, m, dtype=hist.gram.dtype)
-        weights = type1_weights(hist.gram, valid, self.ridge, newest)
+        newest = (k - 1) % m
+        if self.safeguarded:
+            # Slot s holds point j_s, the latest index < k with j_s = s (mod m); it belongs to
+            # the history if evaluated at or after the last restart.
+            index = (k - 1) - (newest - jnp.arange(m)) % m
+            valid = (index >= jnp.maximum(hist.start, 0)) & (index >= 0)
+        else:
+            valid = jnp.arange(m) < jnp.minimum(k, m)
+        one_hot = jax.nn.one_hot(newest, m, dtype=hist.gram.dtype)
+        weights = type1_weights(hist.gram, valid, self.ridge, one_hot)
         return weights @ hist.points + self.mixing * (weights @ hist.residuals)
 
     def observe(self, hist, x, g, x_new, g_new, k):
         slot = k % self.memory
+        if self.safeguarded:
+            sq = g_new @ g_new
+            improved = sq < hist.best_sq  # False for NaN
+            stall = jnp.where(improved, 0, hist.stall + 1)
+            restart = jnp.zeros((), bool)
+            if self.stall_steps > 0:
+                restart |= stall >= self.stall_steps
+            if self.max_growth < math.inf:
+                restart |= sq > (self.max_growth**2) * hist.best_sq
+            # After a restart the residual to beat is the new point's own.
+            hist = hist._replace(
+                start=jnp.where(restart, k, hist.start),
+                best_sq=jnp.where(improved | restart, sq, hist.best_sq),
+                stall=jnp.where(restart, 0, stall),
+            )
         # Write first, then read only the *updated* buffers: reading the old ones after the
         # write point made XLA copy both [m, n] buffers every step (2x the step overhead).
         points = jax.lax.dynamic_update_index_in_dim(hist.points, x_new, slot, 0)
@@ -143,17 +202,24 @@ class TypeIAnderson:
         column = (points - x_new[None, :]) @ g_new
         gram = jax.lax.dynamic_update_index_in_dim(gram, jnp.zeros_like(column), slot, 0)
         gram = jax.lax.dynamic_update_index_in_dim(gram, column, slot, 1)
-        return TypeIHistory(points, residuals, gram)
+        return hist._replace(points=points, residuals=residuals, gram=gram)
 
 
 def make_accelerator(
-    accelerator: str, anderson_type: str, memory: int, mixing: float, ridge: float
+    accelerator: str,
+    anderson_type: str,
+    memory: int,
+    mixing: float,
+    ridge: float,
+    stall_steps: int = 0,
+    max_growth: float = math.inf,
 ):
-    """Returns the flat-vector algorithm for a ``JIIO`` configuration."""
+    """Returns the flat-vector algorithm for a ``JIIO`` configuration (the safeguard applies to
+    Type-I Anderson)."""
     if accelerator == "none":
         return _FPI(1.0)
     if accelerator == "broyden":
         return _Broyden(memory, "restart")
     if anderson_type == "type1":
-        return TypeIAnderson(memory, mixing, ridge)
+        return TypeIAnderson(memory, mixing, ridge, stall_steps, max_growth)
     return _Anderson(memory, mixing, ridge)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jiio_jax.solvers._base import as_state, check_fn_output
+from jiio_jax.solvers.core import as_state, check_fn_output
 
 PyTree = Any
 

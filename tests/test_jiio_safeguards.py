@@ -1,0 +1,164 @@
+"""JIIO safeguards: the start guard (never worse than the start after a blow-up) and the
+accelerator's restart rule (stalls and growth of the joint residual)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jiio_jax import jiio
+from jiio_jax.solvers import Anderson, Status
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+NZ, NX, NY = 6, 3, 5
+
+
+@pytest.fixture(scope="module")
+def params():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(NZ, NZ))
+    a *= 0.5 / np.max(np.abs(np.linalg.eigvals(a)))
+    return {
+        "A": jnp.asarray(a),
+        "B": jnp.asarray(rng.normal(size=(NZ, NX))),
+        "c": jnp.asarray(rng.normal(size=NZ)),
+        "D": jnp.asarray(rng.normal(size=(NY, NZ))),
+        "y": jnp.asarray(rng.normal(size=NY)),
+    }
+
+
+def layer(z, x, p):
+    return jnp.tanh(p["A"] @ z + p["B"] @ x + p["c"])
+
+
+def cost(z, x, p):
+    return jnp.sum((p["D"] @ z - p["y"]) ** 2) + 0.1 * jnp.sum(x**2)
+
+
+def solve(cfg, p, x0=None):
+    x0 = jnp.zeros(NX) if x0 is None else x0
+    return jiio.solve(layer, cost, jnp.zeros(NZ), x0, p, solver=cfg)
+
+
+BLOW_UP = jiio.JIIO(step_size=1e6, max_steps=30)
+
+
+def test_blow_up_returns_the_start_equilibrium(params):
+    """A too-large step size: the reference rule returns a point far worse than the start; the
+    guard returns (z*(x0), x0) with the start's cost."""
+    reference = jax.jit(solve, static_argnums=0)(
+        dataclasses.replace(BLOW_UP, no_worse_than_start=False), params
+    )
+    guarded = jax.jit(solve, static_argnums=0)(BLOW_UP, params)
+    start = float(guarded.start_cost)
+    assert np.isfinite(start) and float(reference.cost) > 10 * start  # the reported failure
+    assert int(guarded.best_step) == -1
+    assert float(guarded.cost) == start and np.isfinite(float(guarded.residual))
+    np.testing.assert_array_equal(np.asarray(guarded.x), np.zeros(NX))
+    # z is the start's equilibrium (to the start solver's tolerance), not z0 = 0.
+    z = np.asarray(guarded.z)
+    np.testing.assert_allclose(z, np.asarray(layer(guarded.z, guarded.x, params)), atol=1e-4)
+    assert float(guarded.z_residual) < 1e-4
+    np.testing.assert_allclose(start, float(cost(guarded.z, guarded.x, params)), rtol=1e-12)
+    assert int(guarded.start_fevals) > 0
+
+
+def test_guard_is_silent_when_the_rule_improves_and_is_per_sample(params):
+    cfg = jiio.JIIO(step_size=0.05, max_steps=30)
+    good = jax.jit(solve, static_argnums=0)(cfg, params)
+    reference = jax.jit(solve, static_argnums=0)(
+        dataclasses.replace(cfg, no_worse_than_start=False), params
+    )
+    assert int(good.best_step) >= 0 and float(good.cost) < float(good.start_cost)
+    np.testing.assert_array_equal(np.asarray(good.x), np.asarray(reference.x))
+    assert float(good.cost) == float(reference.cost)
+    # Under vmap each sample has its own guard: a per-sample step scale blows up only one.
+    scales = jnp.asarray([1.0, 2e7])
+    batched = jax.jit(jax.vmap(lambda s: solve(dataclasses.replace(cfg, step_scale=s), params)))(
+        scales
+    )
+    assert list(np.asarray(batched.best_step) == -1) == [False, True]
+    np.testing.assert_allclose(np.asarray(batched.x[0]), np.asarray(good.x), atol=1e-12)
+    assert np.all(np.asarray(batched.cost) <= np.asarray(batched.start_cost))
+
+
+def test_guard_with_tolerance_and_nonfinite_points(params):
+    """With a tolerance (while loop) and a cost that is NaN away from x0: a finite point no
+    worse than the start is returned."""
+    nan_away = lambda z, x, p: cost(z, x, p) + jnp.where(jnp.any(x != 0), jnp.nan, 0.0)
+    cfg = jiio.JIIO(step_size=0.1, max_steps=20, tol=1e-8)
+    sol = jax.jit(
+        lambda p: jiio.solve(layer, nan_away, jnp.zeros(NZ), jnp.zeros(NX), p, solver=cfg)
+    )(params)
+    assert int(sol.status) == Status.NONFINITE
+    assert np.isfinite(float(sol.cost)) and float(sol.cost) <= float(sol.start_cost)
+    assert np.all(np.isfinite(np.asarray(sol.z)))
+
+
+def test_guard_fields_validate():
+    with pytest.raises(ValueError, match="`no_worse_than_start` must be a bool"):
+        jiio.JIIO(step_size=0.1, no_worse_than_start=1)
+    with pytest.raises(TypeError, match="got the class Anderson itself"):
+        jiio.JIIO(step_size=0.1, start_solver=Anderson)
+    assert jiio.JIIO(step_size=0.1, start_solver=Anderson(max_steps=5)).start_solver.max_steps == 5
+
+
+# -- the accelerator's safeguard ---------------------------------------------------------------
+
+
+def test_safeguarded_path_without_restarts_equals_the_reference(params):
+    """The safeguard's slot mask (``index >= start``) equals the reference's ``k < m`` mask
+    when no restart fires."""
+    base = jiio.JIIO(step_size=0.05, max_steps=30, no_worse_than_start=False)
+    ref = jax.jit(solve, static_argnums=0)(base, params)
+    never = jax.jit(solve, static_argnums=0)(dataclasses.replace(base, stall_steps=1000), params)
+    np.testing.assert_allclose(np.asarray(never.x), np.asarray(ref.x), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(
+        np.asarray(never.residual_trace), np.asarray(ref.residual_trace), rtol=1e-10, atol=0
+    )
+
+
+def test_restart_makes_the_next_proposal_the_plain_step():
+    from jiio_jax.jiio._accelerators import TypeIAnderson
+
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(0.5 * rng.normal(size=(4, 4)))
+    residual = lambda x: a @ x + 1.0 - x
+    x0 = jnp.asarray(rng.normal(size=4))
+    x1 = 10.0 * x0 + 3.0  # a point with a much larger residual
+    for growth, restarted in ((1.5, True), (1e6, False)):
+        algo = TypeIAnderson(memory=3, mixing=0.7, ridge=1e-10, max_growth=growth)
+        hist = algo.init(x0, residual(x0))
+        hist = algo.observe(hist, x0, residual(x0), x1, residual(x1), jnp.asarray(1))
+        proposal = algo.propose(hist, x1, residual(x1), jnp.asarray(2))
+        plain = x1 + 0.7 * residual(x1)
+        assert bool(jnp.allclose(proposal, plain, atol=1e-12)) == restarted
+        assert int(hist.start) == (1 if restarted else 0)
+
+
+def test_safeguarded_jiio_still_reaches_the_tolerance(params):
+    """Restarts fire (they cost steps: 101 vs 71 here) and the same stationary point is
+    reached."""
+    cfg = jiio.JIIO(step_size=0.05, max_steps=300, tol=1e-9, stall_steps=10)
+    sol = jax.jit(solve, static_argnums=0)(cfg, params)
+    ref = jax.jit(solve, static_argnums=0)(dataclasses.replace(cfg, stall_steps=0), params)
+    assert int(sol.status) == int(ref.status) == Status.CONVERGED
+    assert int(sol.num_steps) != int(ref.num_steps)  # the safeguard changed the iteration
+    np.testing.assert_allclose(np.asarray(sol.x), np.asarray(ref.x), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(stall_steps=-1), "`stall_steps` must be an int >= 0"),
+        (dict(stall_steps=2.5), "`stall_steps` must be an int >= 0"),
+        (dict(max_growth=1.0), "`max_growth` must be a float > 1"),
+        (dict(max_growth="big"), "`max_growth` must be a float > 1"),
+    ],
+)
+def test_safeguard_fields_validate(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jiio.JIIO(step_size=0.1, **kwargs)
