@@ -6,6 +6,11 @@ checks it after every step, saves a checkpoint at the current step and raises
 rerun the same command to resume"). A second signal gets the previous handler (Ctrl-C twice
 stops at once, with Python's usual ``KeyboardInterrupt``).
 
+The resumed run's parameters, optimizer state, data order and rngs are those of an
+uninterrupted run. The train metrics of an unfinished log interval are not written: after the
+resume, that interval's row in ``metrics.jsonl`` averages only the steps run after the resume
+(with ``log_every=1`` every row is identical to the uninterrupted run's).
+
 Handlers can only be installed from the main thread; elsewhere (and in multi-process runs,
 where the processes would have to agree on the step to stop at) the context does nothing and
 signals keep their default effect.
