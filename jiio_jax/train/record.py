@@ -161,7 +161,8 @@ def write_record(
     entry = {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "step": step,
-        "event": "start" if fresh else "changed",
+        # "recorded": a run from before config.json was kept, resumed as it is.
+        "event": "start" if fresh else "changed" if changes else "recorded",
         "changes": {k: [a, b] for k, (a, b) in changes.items()},
     }
     with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
