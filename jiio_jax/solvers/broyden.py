@@ -9,8 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jiio_jax.solvers import _base
-from jiio_jax.solvers._base import PyTree, Solution
+from jiio_jax.solvers import core
+from jiio_jax.solvers.core import PyTree, Solution
 
 FULL_MEMORY_POLICIES = ("restart", "ring")
 
@@ -33,7 +33,9 @@ class BroydenHistory(NamedTuple):
     direction: jax.Array
 
 
-class _Broyden:
+class BroydenCore:
+    """The ``core.Algorithm`` of ``broyden`` (flat vectors, one problem)."""
+
     def __init__(self, memory: int, full_memory: str):
         self.memory, self.full_memory = memory, full_memory
 
@@ -83,6 +85,9 @@ class _Broyden:
             put(valid, ok, slot, 0),
             direction,
         )
+
+
+_Broyden = BroydenCore  # old private name, kept for existing imports
 
 
 def _check_full_memory(full_memory):
@@ -139,11 +144,11 @@ def broyden(
     Returns:
       A ``Solution``; ``value`` is the best iterate.
     """
-    _base.check_common(max_steps, tol, stop_mode, divergence_ratio)
-    memory = _base.check_positive_int("memory", memory)
+    core.check_common(max_steps, tol, stop_mode, divergence_ratio)
+    memory = core.check_positive_int("memory", memory)
     _check_full_memory(full_memory)
-    return _base.run(
-        _Broyden(memory, full_memory),
+    return core.run(
+        BroydenCore(memory, full_memory),
         fn,
         z0,
         max_steps=max_steps,
@@ -154,9 +159,13 @@ def broyden(
     )
 
 
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class Broyden:
-    """Hashable configuration of ``broyden``; ``solver(fn, z0)`` solves."""
+    """Hashable configuration of ``broyden``; ``solver(fn, z0)`` solves.
+
+    A static pytree (no leaves), so it can be passed to a jitted function as an argument.
+    """
 
     max_steps: int = 50
     tol: float = 1e-4
@@ -166,8 +175,8 @@ class Broyden:
     divergence_ratio: float = 1e4
 
     def __post_init__(self):
-        _base.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
-        _base.check_positive_int("memory", self.memory)
+        core.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+        core.check_positive_int("memory", self.memory)
         _check_full_memory(self.full_memory)
 
     def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):

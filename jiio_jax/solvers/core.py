@@ -1,4 +1,9 @@
-"""Shared pieces of the fixed-point solvers: result types, validation and the iteration driver.
+"""The solver core: result types, validation helpers, the algorithm protocol and the loop driver.
+
+This module is the public extension point of ``jiio_jax.solvers``: an acceleration scheme that
+implements ``Algorithm`` (see ``anderson.AndersonCore``, ``broyden.BroydenCore``,
+``fixed_point_iteration.FixedPointCore``) is run by ``run`` with the same stopping rule, status
+codes, best-iterate tracking and batching rule as the built-in solvers.
 
 Every solver works on **one problem**: a pytree ``z`` and a map ``fn(z) -> z`` of the same
 structure, shapes and dtypes. Internally the pytree is flattened once into a single vector
@@ -7,9 +12,21 @@ still sees and returns the user's pytree. Batches go through ``jax.vmap``: a cus
 runs the whole batch in one loop until every sample stops, freezing each finished sample's value,
 step count, status and trace, so per-sample results equal separate solves.
 
-An algorithm supplies three pure functions (see ``_Algorithm``); the driver owns evaluation of
+An algorithm supplies three pure functions (see ``Algorithm``); the driver owns evaluation of
 ``fn``, residuals, best-iterate tracking, the residual trace and the stopping rule, so the three
 solvers agree exactly on what "converged", "diverged" and "non-finite" mean.
+
+**Precision.** The iterate stays in the dtype of ``z0`` (every proposed point is rounded to it
+before ``fn`` sees it, so the returned value is a point that was actually evaluated), while
+everything the driver and the algorithms *accumulate* -- residuals ``f(x) - x``, norms, the
+residual trace, Anderson's histories and Gram system, Broyden's factors -- is computed in the
+accumulation dtype ``promote_types(dtype, float32)`` (float32 for bfloat16/float16 states,
+unchanged for float32/float64). A low-precision state cannot resolve a relative residual below
+its machine epsilon (``2**-8`` for bfloat16, ``2**-11`` for float16 as unit roundoff; we use
+``finfo(dtype).eps``): for such states ``CONVERGED`` additionally requires
+``tol >= finfo(dtype).eps`` (``rel``) or ``tol >= finfo(dtype).eps * ||f(z)||`` (``abs``);
+a smaller ``tol`` runs to ``MAX_STEPS`` instead of reporting a convergence (or a residual of
+exactly 0.0 at a rounding coincidence) that the dtype cannot resolve.
 """
 
 from __future__ import annotations
@@ -26,6 +43,27 @@ from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
+__all__ = [
+    "STOP_MODES",
+    "Algorithm",
+    "PyTree",
+    "Solution",
+    "Status",
+    "accumulation_dtype",
+    "as_state",
+    "check_common",
+    "check_fn_output",
+    "check_nonnegative_float",
+    "check_nonnegative_int",
+    "check_output_shapes",
+    "check_positive_float",
+    "check_positive_int",
+    "check_solver",
+    "check_stop_mode",
+    "resolution",
+    "run",
+]
+
 STOP_MODES = ("abs", "rel")
 _RUNNING = -1  # internal status while the loop runs; never returned
 
@@ -41,6 +79,11 @@ class Status(enum.IntEnum):
     MAX_STEPS = 1  #: ``max_steps`` evaluations of ``fn`` without reaching ``tol``.
     NONFINITE = 2  #: ``fn`` returned NaN/Inf (or the iterate became non-finite).
     DIVERGED = 3  #: the absolute residual grew by more than ``divergence_ratio``.
+
+    def __repr__(self) -> str:
+        return f"Status.{self.name}"
+
+    __str__ = __repr__
 
 
 class Solution(NamedTuple):
@@ -70,6 +113,92 @@ class Solution(NamedTuple):
     trace: jax.Array
     num_fevals: jax.Array
 
+    def summary(self) -> str:
+        """One line with status names, steps and residual; works for tracers and batches.
+
+        Concrete scalars print as values (``status=MAX_STEPS, num_steps=50, residual=3.2e-03``),
+        concrete batches as counts per status and min/median/max, traced fields as their shape
+        and dtype.
+        """
+        parts = [
+            f"status={_describe_status(self.status)}",
+            f"num_steps={_describe_number(self.num_steps, '{:d}')}",
+            f"residual={_describe_number(self.residual, '{:.1e}')}",
+            f"num_fevals={_describe_number(self.num_fevals, '{:d}')}",
+            f"value={_describe_tree(self.value)}",
+        ]
+        return f"Solution({', '.join(parts)})"
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def _concrete(x):
+    """``x`` as a numpy array, or None for tracers (and anything else without a value)."""
+    import numpy as np
+
+    try:
+        return np.asarray(x)
+    except Exception:  # tracers raise one of several JAX errors here
+        return None
+
+
+def _describe_abstract(x) -> str:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    return f"<traced {dtype}{list(shape) if shape is not None else ''}>"
+
+
+def _describe_status(status) -> str:
+    arr = _concrete(status)
+    if arr is None:
+        return _describe_abstract(status)
+    if arr.ndim == 0:
+        return _status_name(int(arr))
+    codes, counts = _unique(arr)
+    items = [f"{_status_name(c)}: {n}" for c, n in zip(codes, counts, strict=True)]
+    return "{" + ", ".join(items) + "}"
+
+
+def _status_name(code: int) -> str:
+    try:
+        return Status(code).name
+    except ValueError:
+        return f"<invalid status {code}>"
+
+
+def _unique(arr):
+    import numpy as np
+
+    codes, counts = np.unique(arr.reshape(-1), return_counts=True)
+    return [int(c) for c in codes], [int(n) for n in counts]
+
+
+def _describe_number(x, fmt: str) -> str:
+    arr = _concrete(x)
+    if arr is None:
+        return _describe_abstract(x)
+    import numpy as np
+
+    cast = int if "d" in fmt else float
+    if arr.ndim == 0:
+        return fmt.format(cast(arr))
+    if arr.size == 0:
+        return "[]"
+    lo, med, hi = np.min(arr), np.median(arr), np.max(arr)
+    med_s = fmt.format(cast(med)) if "d" not in fmt or float(med).is_integer() else f"{med:g}"
+    return f"{fmt.format(cast(lo))}/{med_s}/{fmt.format(cast(hi))} (min/med/max)"
+
+
+def _describe_tree(tree) -> str:
+    leaves = jax.tree.leaves(tree)
+    shapes = [
+        f"{getattr(a, 'dtype', type(a).__name__)}{list(getattr(a, 'shape', ()))}" for a in leaves
+    ]
+    if len(shapes) == 1:
+        return shapes[0]
+    return f"<{len(shapes)} leaves: {', '.join(shapes[:3])}{', ...' if len(shapes) > 3 else ''}>"
+
 
 # --------------------------------------------------------------------------------------------
 # Validation (Python, at trace time).
@@ -77,9 +206,40 @@ class Solution(NamedTuple):
 
 
 def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, type):
+        raise TypeError(
+            f"`{name}` must be a positive int, got the class {value.__name__}; if this is a "
+            f"solver configuration, pass an instance, e.g. {value.__name__}()."
+        )
     if isinstance(value, bool) or not isinstance(value, int | jnp.integer) or value <= 0:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     return int(value)
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | jnp.integer) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
+    return int(value)
+
+
+def check_solver(obj: Any, name: str = "solver") -> Any:
+    """Returns ``obj`` if it is a solver *instance* (a callable ``solver(fn, z0)``).
+
+    Raises:
+      TypeError: for a class (``solvers.Anderson`` instead of ``solvers.Anderson()``), naming
+        the fix, or for a non-callable.
+    """
+    if isinstance(obj, type):
+        raise TypeError(
+            f"`{name}` must be a solver instance, got the class {obj.__name__}; pass an "
+            f"instance, e.g. {obj.__name__}() or {obj.__name__}(max_steps=50, tol=1e-4)."
+        )
+    if not callable(obj):
+        raise TypeError(
+            f"`{name}` must be a solver instance such as Anderson() (callable as "
+            f"solver(fn, z0)), got {type(obj).__name__}: {obj!r}."
+        )
+    return obj
 
 
 def check_positive_float(name: str, value: Any) -> float:
@@ -173,13 +333,19 @@ def check_output_shapes(out: PyTree, z0: PyTree, name: str = "fn") -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class _Algorithm(Protocol):
+class Algorithm(Protocol):
     """What an acceleration scheme provides to the driver (all on flat vectors ``[n]``).
 
     ``init(x0, g0)`` builds the algorithm's history from the first point and its residual
     ``g0 = f(x0) - x0``. ``propose(hist, x, g, k)`` returns the next point to evaluate, given the
     current point, its residual and the number ``k >= 1`` of points evaluated so far.
     ``observe(hist, x, g, x_new, g_new, k)`` updates the history once ``f(x_new)`` is known.
+
+    All three see one problem (the driver vmaps them over the batch) and must be pure and free
+    of host syncs. The vectors are in the accumulation dtype (float32 for bfloat16/float16
+    states, see the module docstring); ``x`` and ``x_new`` hold values of the state dtype.
+    ``propose`` may return any value of the accumulation dtype: the driver rounds it to the
+    state dtype before evaluating ``fn``. ``k`` is an unbatched int32 scalar.
     """
 
     def init(self, x0: jax.Array, g0: jax.Array) -> PyTree: ...
@@ -189,6 +355,24 @@ class _Algorithm(Protocol):
     def observe(
         self, hist: PyTree, x: jax.Array, g: jax.Array, x_new: jax.Array, g_new: jax.Array, k
     ) -> PyTree: ...
+
+
+_Algorithm = Algorithm  # old private name, kept for existing imports
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """Dtype of residuals, norms and histories for a state of ``dtype`` (at least float32)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def resolution(dtype) -> float:
+    """Smallest relative residual a state of ``dtype`` can resolve; 0 for float32 and wider.
+
+    ``finfo(dtype).eps`` for dtypes less precise than float32 (bfloat16: 2**-7, float16:
+    2**-10). float32/float64 callers are trusted to pick a meaningful ``tol``.
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    return eps if eps > float(jnp.finfo(jnp.float32).eps) else 0.0
 
 
 class _LoopState(NamedTuple):
@@ -225,7 +409,7 @@ def _residuals(x: jax.Array, fx: jax.Array, stop_mode: str):
 
 
 def run(
-    algo: _Algorithm,
+    algo: Algorithm,
     fn: Callable,
     z0: PyTree,
     *,
@@ -314,19 +498,41 @@ def _solve_one(algo, fn, z0, opts: _Options, unroll: bool) -> Solution:
 def _drive(algo, fn_b: Callable, z0_b: PyTree, opts: _Options, unroll: bool) -> Solution:
     """The loop over a batch: ``fn_b`` maps a batched pytree ``[B, ...]`` to the same."""
     max_steps, tol, stop_mode, divergence_ratio = opts
-    _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], z0_b))
-    ravel_b = jax.vmap(lambda z: ravel_pytree(z)[0])
-    unravel_b = jax.vmap(unravel)
+    template = jax.tree.map(lambda a: a[0], z0_b)
+    x0_one, unravel = ravel_pytree(template)
+    state_dtypes = [a.dtype for a in jax.tree.leaves(template)]
+    dtype = accumulation_dtype(x0_one.dtype)
+    floor = max(resolution(d) for d in state_dtypes)
+    low_precision = any(d != dtype for d in state_dtypes)
+    ravel_b = jax.vmap(lambda z: ravel_pytree(z)[0].astype(dtype))
+
+    def unravel_one(x):
+        # Rounds the accumulation-dtype vector to the state dtypes (identity for float32/64).
+        return unravel(x.astype(x0_one.dtype))
+
+    unravel_b = jax.vmap(unravel_one)
 
     def flat_fn(xb):
         return ravel_b(fn_b(unravel_b(xb)))
 
+    def round_b(xb):
+        # Keeps the iterate on the state dtype's grid, so the point stored, reported and
+        # returned is exactly the one fn evaluated.
+        return ravel_b(unravel_b(xb)) if low_precision else xb
+
     residuals = jax.vmap(functools.partial(_residuals, stop_mode=stop_mode))
     status_of = jax.vmap(
-        functools.partial(_status, max_steps=max_steps, tol=tol, divergence_ratio=divergence_ratio)
+        functools.partial(
+            _status,
+            max_steps=max_steps,
+            tol=tol,
+            divergence_ratio=divergence_ratio,
+            floor=floor,
+            stop_mode=stop_mode,
+        )
     )
     x0 = ravel_b(z0_b)
-    batch, dtype = x0.shape[0], x0.dtype
+    batch = x0.shape[0]
     fx0 = flat_fn(x0)
     g0, abs0, res0, fnorm0 = residuals(x0, fx0)
     k0 = jnp.ones((batch,), jnp.int32)
@@ -351,6 +557,7 @@ def _drive(algo, fn_b: Callable, z0_b: PyTree, opts: _Options, unroll: bool) -> 
         t, s = carry
         running = s.status == _RUNNING
         x_new = jax.vmap(algo.propose, in_axes=(0, 0, 0, None))(s.hist, s.x, s.g, t)
+        x_new = round_b(x_new.astype(dtype))
         fx_new = flat_fn(x_new)
         g_new, abs_new, res_new, fnorm_new = residuals(x_new, fx_new)
         hist = jax.vmap(algo.observe, in_axes=(0, 0, 0, 0, 0, None))(
@@ -401,8 +608,14 @@ def _drive(algo, fn_b: Callable, z0_b: PyTree, opts: _Options, unroll: bool) -> 
     )
 
 
-def _status(fnorm, abs_res, res, abs0, k, *, max_steps, tol, divergence_ratio) -> jax.Array:
-    """Status after the k-th evaluation; ``_RUNNING`` if the loop should go on."""
+def _status(
+    fnorm, abs_res, res, abs0, k, *, max_steps, tol, divergence_ratio, floor=0.0, stop_mode="rel"
+) -> jax.Array:
+    """Status after the k-th evaluation; ``_RUNNING`` if the loop should go on.
+
+    ``floor`` is the state dtype's ``resolution``: below it a residual (even 0.0) is a rounding
+    coincidence, so ``tol`` under it cannot be met (see the module docstring).
+    """
     # NaN/Inf anywhere in f(x) makes ||f(x)|| non-finite, NaN in x makes ||g|| NaN: two scalar
     # tests instead of an elementwise pass. (An f(x) so large that its norm overflows also
     # counts as non-finite.)
@@ -412,6 +625,9 @@ def _status(fnorm, abs_res, res, abs0, k, *, max_steps, tol, divergence_ratio) -
     tiny = jnp.finfo(abs_res.dtype).tiny
     diverged = ~jnp.isfinite(abs_res) | (abs_res > divergence_ratio * jnp.maximum(abs0, tiny))
     converged = res <= tol
+    if floor:
+        resolvable = floor if stop_mode == "rel" else floor * fnorm
+        converged &= tol >= resolvable
     status = jnp.where(k >= max_steps, Status.MAX_STEPS, _RUNNING)
     status = jnp.where(diverged, Status.DIVERGED, status)
     status = jnp.where(converged, Status.CONVERGED, status)

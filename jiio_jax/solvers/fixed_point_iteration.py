@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from jiio_jax.solvers import _base
-from jiio_jax.solvers._base import PyTree, Solution
+import jax
+
+from jiio_jax.solvers import core
+from jiio_jax.solvers.core import PyTree, Solution
 
 
-class _FPI:
+class FixedPointCore:
+    """The ``core.Algorithm`` of ``fixed_point_iteration`` (flat vectors, one problem)."""
+
     def __init__(self, damping: float):
         self.damping = damping
 
@@ -21,6 +25,9 @@ class _FPI:
 
     def observe(self, hist, x, g, x_new, g_new, k):
         return hist
+
+
+_FPI = FixedPointCore  # old private name, kept for existing imports
 
 
 def fixed_point_iteration(
@@ -59,10 +66,10 @@ def fixed_point_iteration(
     Raises:
       ValueError: on invalid hyper-parameters or if ``fn`` changes structure/shape/dtype.
     """
-    _base.check_common(max_steps, tol, stop_mode, divergence_ratio)
-    damping = _base.check_positive_float("damping", damping)
-    return _base.run(
-        _FPI(damping),
+    core.check_common(max_steps, tol, stop_mode, divergence_ratio)
+    damping = core.check_positive_float("damping", damping)
+    return core.run(
+        FixedPointCore(damping),
         fn,
         z0,
         max_steps=max_steps,
@@ -73,9 +80,13 @@ def fixed_point_iteration(
     )
 
 
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class FixedPointIteration:
-    """Hashable configuration of ``fixed_point_iteration``; ``solver(fn, z0)`` solves."""
+    """Hashable configuration of ``fixed_point_iteration``; ``solver(fn, z0)`` solves.
+
+    A static pytree (no leaves), so it can be passed to a jitted function as an argument.
+    """
 
     max_steps: int = 100
     tol: float = 1e-4
@@ -84,8 +95,8 @@ class FixedPointIteration:
     divergence_ratio: float = 1e4
 
     def __post_init__(self):
-        _base.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
-        _base.check_positive_float("damping", self.damping)
+        core.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+        core.check_positive_float("damping", self.damping)
 
     def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
         return fixed_point_iteration(fn, z0, unroll=unroll, **dataclasses.asdict(self))
