@@ -67,6 +67,13 @@ def test_evaluation_config_allows_evaluation_fields_only(toy_run):
     assert (config.eval_batch_size, config.num_eval_batches) == (8, 1)
     with pytest.raises(ConfigConflictError, match=r"config\.toy\.hidden is 16 in config\.json"):
         evaluation_config(toy_run, toy_config(**{**RUN, "toy.hidden": 32}))
+    # Training-only fields not repeated for evaluation keep the run's values.
+    config = evaluation_config(toy_run, toy_config(**{"optim.lr": 0.5, "batch_size": 8}))
+    assert (config.optim.lr, config.batch_size) == (toy_config().optim.lr, 16)
+    # A field the record lacks (added to the configs later) comes from --config.
+    given = toy_config(**RUN)
+    given.toy.new_field = 3
+    assert evaluation_config(toy_run, given).toy.new_field == 3
 
 
 def test_generative_record_refuses_another_method(tmp_path):

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -52,6 +53,11 @@ EVAL_FIELDS = (
     "data.num_test_episodes",
 )
 EVAL_PREFIXES = ("eval.",)
+# Fields only the training loop reads: a --config that differs there (e.g. the run was trained
+# with --config.optim.lr=3e-4, not repeated for evaluation) keeps the run's values, silently
+# for evaluation's purposes (logged).
+TRAINING_ONLY_FIELDS = ("batch_size", "seed")
+TRAINING_ONLY_PREFIXES = ("optim.",)
 _MAX_NAMED = 4  # Differing fields named in the one-line refusal.
 
 
@@ -207,7 +213,7 @@ def evaluation_config(
     from the command line, with its overrides) in evaluation-time fields only.
 
     Fields the record lacks (added to the configs after the run was trained) are taken from
-    ``given``.
+    ``given``; training-only fields (:data:`TRAINING_ONLY_FIELDS`, ``optim.*``) stay the run's.
 
     Raises:
       FileNotFoundError: ``workdir`` has no ``config.json``.
@@ -219,21 +225,26 @@ def evaluation_config(
     if given is None:
         return load_run_config(workdir)
     diffs = differences(record, given)
-    conflicts = {
-        k: v
-        for k, v in diffs.items()
-        if v[0] != _MISSING
-        and v[1] != _MISSING
-        and k not in EVAL_FIELDS
-        and not k.startswith(EVAL_PREFIXES)
+    added = {k: b for k, (a, b) in diffs.items() if a == _MISSING and b != _MISSING}
+    diffs = {k: v for k, v in diffs.items() if _MISSING not in v}
+    training_only = {
+        k for k in diffs if k in TRAINING_ONLY_FIELDS or k.startswith(TRAINING_ONLY_PREFIXES)
     }
+    evaluation = {k for k in diffs if k in EVAL_FIELDS or k.startswith(EVAL_PREFIXES)}
+    conflicts = {k: v for k, v in diffs.items() if k not in training_only | evaluation}
     if conflicts:
         raise ConfigConflictError(
             f"--config does not match the run in {workdir}: "
             f"{describe(conflicts, CONFIG_FILE, '--config')}. Drop --config (the run's "
             "config.json is used) or change only evaluation fields."
         )
-    for key, (_, value) in diffs.items():
-        if value != _MISSING:
-            _set(record, key, value)
+    if training_only:
+        logging.info(
+            "Evaluating with the run's training fields, not --config's: %s.",
+            ", ".join(sorted(training_only)),
+        )
+    for key in evaluation:
+        _set(record, key, diffs[key][1])
+    for key, value in added.items():
+        _set(record, key, value)
     return ml_collections.ConfigDict(_tuples(record))
