@@ -569,6 +569,14 @@ def render(results: dict) -> str:
         f"{results['load_start']:.1f} / {results['load_end']:.1f}. "
         f"Total {results['total_s']:.0f} s."
     )
+    repeats = results["settings"]["repeats"]
+    out.append(
+        f"Timing: compile time separate; then the median of {repeats} interleaved run(s) per "
+        "program"
+        + (" (1: the first run after compilation, no other)" if repeats == 1 else "")
+        + ". Memory: XLA MiB = compiled temp + argument + output bytes; device peak = "
+        "memory_stats()['peak_bytes_in_use'] (process-wide, n/a where not reported)."
+    )
     out.append(f"Command:\n```\n{results['command']}\n```")
     if "train" in res:
         rows = []
@@ -670,7 +678,7 @@ def render(results: dict) -> str:
                     "ms/batch",
                     "CE reached",
                     "accuracy reached",
-                    "max ||delta||",
+                    "max L2 norm of delta",
                     "compile s",
                     "XLA MiB",
                     "paper ms (GPU, MNIST)",
