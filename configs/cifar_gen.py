@@ -56,8 +56,6 @@ def get_config(arg: str | None = None):
     m.corruption = "none"
     m.arch = "celeba_gen"  # The same decoder; the image shape comes from config.data.
     m.jiio.update(max_steps=80, memory=20, step_size=0.01, final_step_size=0.003)
-    m.forward.update(solver="anderson", max_steps=18, tol=1e-4, memory=5)
-    m.backward.update(mode="implicit", solver="anderson", max_steps=18, tol=1e-4, memory=5)
     m.jac_weight = 2.0
     m.jac_point = "equilibrium"
     m.vae.update(encoder_channels=(32, 64, 128), dropout=0.3)

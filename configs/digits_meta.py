@@ -38,8 +38,9 @@ Expected result (measured 2026-11-23 on 2 CPU cores shared with other jobs, load
 expect shorter times on an idle machine). Training with JIIO: 300 steps at 0.63-0.66 steps/s,
 12.6 minutes in all (of which 1.9 for the first step's compilation and 3.3 for the two
 evaluations of 200 episodes with both inner solvers); with projected Adam: 0.18-0.39 steps/s,
-26.6 minutes. Meta-test with ``meta_eval`` (600 episodes of the 4 held-out digits, 5 queries
-each, batches of 50; mean +- 95% CI over episodes; time of the batched inner solve):
+26.6 minutes. Meta-test with ``experiments/evaluate.py --task=meta`` (600 episodes of the 4
+held-out digits, 5 queries each, batches of 50; mean +- 95% CI over episodes; time of the
+batched inner solve):
 
 ================  ==============  ===============  =======================
 trained with      inner solver    query accuracy   inner time per batch
@@ -94,12 +95,9 @@ def get_config(arg: str | None = None):
     m.arch = "tiny_meta"  # channels (8, 16), expansion 2
     m.mdeq.update(context_dim=32, meta_pool=4)
     m.context_l2 = 1.0
-    m.jiio.update(
-        max_steps=60, memory=10, step_size=0.04, final_step_size=0.01, anderson_type="type1"
-    )
-    m.adam.update(num_steps=20, learning_rate=0.1, solver="broyden", max_steps=20, memory=20)
-    m.forward.update(solver="broyden", max_steps=18, tol=1e-5, memory=18)
-    m.backward.update(mode="implicit", solver="broyden", max_steps=18, tol=1e-5, memory=18)
+    # JIIO: T = 60, Type-I Anderson (memory 10, alpha 0.04 -> 0.01, as the reference); projected
+    # Adam, query solves and backward: the reference's (Broyden; default_model_config).
+    m.jiio.update(max_steps=60, anderson_type="type1")
     m.jac_weight = 0.5
     m.jac_probes = 2
     if arg == "small":

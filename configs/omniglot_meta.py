@@ -29,7 +29,7 @@ adjoints for 100 steps)::
       --config.data.path=/data/omniglot
   # projected-Adam inner loop instead of JIIO:  --config.model.method=projected_adam
   # meta-test with a 95% CI and inner-loop timings of both inner solvers:
-  python -m jiio_jax.tasks.meta_eval --config=configs/omniglot_meta.py \
+  python experiments/evaluate.py --config=configs/omniglot_meta.py --task=meta \
       --workdir=/tmp/omniglot_meta --config.data.path=/data/omniglot
   # smoke run (tiny one-branch MDEQ, 3-way, 2 steps): --config=configs/omniglot_meta.py:small
 

@@ -1,13 +1,19 @@
-"""The generative experiment configs: they load by path (as ``config_flags`` does), carry the
-training loop's schema, build their task, and their ``:small`` variants train end to end."""
+"""The experiment configs: they load by path (as ``config_flags`` does), carry the training
+loop's schema, splat their library sections into the library (every config and its ``:small``),
+build their task, and the generative ``:small`` variants train end to end."""
 
+import dataclasses
+import json
 import os
+import re
 
+import ml_collections
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import CONFIG_NAMES, load_config, write_omniglot
 from PIL import Image
 
+from jiio_jax import deq, jiio, solvers
 from jiio_jax.data.config import read_config
 from jiio_jax.tasks import get_task
 from jiio_jax.train.config import validate_config
@@ -141,3 +147,107 @@ def test_small_variant_trains_end_to_end(name, tmp_path):
 @pytest.mark.slow
 def test_digits_small_vae_trains_end_to_end(tmp_path):
     _run_small("digits_gen", tmp_path, method="vae")
+
+
+# -- every config's library sections splat into the library -----------------------------------
+@pytest.fixture(scope="module")
+def omniglot_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("omniglot")
+    write_omniglot(root, characters=10)
+    return str(root)
+
+
+def _build(config, omniglot_root):
+    """The config's task, with ``omniglot_meta`` pointed at a tiny Omniglot folder."""
+    if config.data.name == "omniglot":
+        config.data.update(path=omniglot_root, num_train_characters=12)
+    return get_task(config.task)(config)
+
+
+def _library_objects(task) -> dict:
+    """The library objects a task built from its config sections."""
+    settings = getattr(task, "settings", None)  # the adversarial task keeps its settings
+    jiio_solver = settings.jiio if settings else task.jiio
+    return {
+        "jiio": jiio_solver,
+        "forward": task.model.solver,
+        "backward": task.model.backward,
+        **({"eval_jiio": settings.eval_jiio} if settings else {}),
+        **({"adam": task.adam.solver} if hasattr(task, "adam") else {}),
+    }
+
+
+def _check_splat(section: dict, built, cls) -> None:
+    """Each set field reached ``built`` unchanged; each ``None`` field is the library default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for field, value in section.items():
+        got = getattr(built, field)
+        if value is None:
+            assert got == defaults[field], (cls.__name__, field, got)
+        elif field == "step_size":
+            assert got == jiio.Constant(value), (field, got)
+        else:
+            assert got == (tuple(value) if isinstance(value, list) else value), (field, got)
+
+
+@pytest.mark.parametrize("arg", [None, "small"])
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_library_sections_splat_into_the_library(name, arg, omniglot_root):
+    config = load_config(name, arg)
+    m = config.model.to_dict()
+    objects = _library_objects(_build(config, omniglot_root))
+    _check_splat(m["jiio"], objects["jiio"], jiio.JIIO)
+    assert objects["jiio"].backward is objects["backward"]
+    assert objects["jiio"].normalize_step is (config.task == "adversarial")
+    for where in ("forward", "adam"):
+        if where in objects:
+            section = dict(m[where] if where == "forward" else m[where]["solver"])
+            cls = solvers.REGISTRY[section.pop("name")]
+            assert type(objects[where]) is cls
+            _check_splat(section, objects[where], cls)
+    backward = dict(m["backward"])
+    assert backward.pop("name") == "implicit" and isinstance(objects["backward"], deq.Implicit)
+    solver_section = dict(backward.pop("solver"))
+    cls = solvers.REGISTRY[solver_section.pop("name")]
+    _check_splat(solver_section, objects["backward"].solver, cls)
+    assert not backward
+
+    # The run's record (config.json) rebuilds the same objects.
+    again = ml_collections.ConfigDict(json.loads(config.to_json()))
+    assert _library_objects(_build(again, omniglot_root)) == objects
+
+
+@pytest.mark.parametrize("name", ["digits_gen", "digits_adv", "digits_meta"])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("jiio.max_steps", 0, "config.model.jiio: `max_steps`"),
+        ("jiio.final_step_size", -1.0, "config.model.jiio: `final_step_size`"),
+        ("jiio.anderson_type", "type3", "config.model.jiio: `anderson_type`"),
+        ("forward.name", "newton", "config.model.forward: "),
+        ("forward.memory", 0, "config.model.forward: "),
+        ("backward.name", "magic", "config.model.backward: "),
+        ("backward.solver.tol", -1.0, "config.model.backward: "),
+    ],
+)
+def test_library_errors_name_the_config_field_once(name, field, value, message):
+    config = load_config(name, "small")
+    section, _, key = f"model.{field}".rpartition(".")
+    target = config
+    for part in section.split("."):
+        target = target[part]
+    with target.ignore_type():
+        target[key] = value
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        get_task(config.task)(config)
+    assert str(err.value).count("config.") == 1, str(err.value)
+
+
+def test_unknown_library_field_is_an_error_naming_the_section():
+    config = load_config("digits_gen", "small")
+    config.model.forward.memroy = 3  # A typo in a solver section.
+    with pytest.raises(ValueError, match=r"config\.model\.forward: .*memroy"):
+        get_task(config.task)(config)
+    with pytest.raises(AttributeError):  # Locked, as on the command line: typos are refused.
+        config.lock()
+        config.model.jiio.z_dampign = 0.5

@@ -21,10 +21,11 @@ import pytest
 
 from jiio_jax import data as data_lib
 from jiio_jax.data.config import read_config as data_read_config
+from jiio_jax.losses import cross_entropy
 from jiio_jax.models.configs import CIFAR_CLS, MNIST_CLS
 from jiio_jax.tasks import get_task
 from jiio_jax.tasks.adversarial import AdversarialTask
-from jiio_jax.tasks.attacks import ThreatSet, cross_entropy, threat_sets
+from jiio_jax.tasks.attacks import ThreatSet, threat_sets
 from jiio_jax.train import train_and_evaluate
 from jiio_jax.train.config import validate_config
 
@@ -363,7 +364,7 @@ def test_full_configs_build_the_reference_models():
         ("model.epsilon", -1.0, "config.model.epsilon"),
         ("model.pgd.steps", 0, "config.model.pgd.steps"),
         ("model.pgd.step_size", 0.0, "config.model.pgd.step_size"),
-        ("model.jiio.step_size", -0.1, "config.model.jiio.step_size"),
+        ("model.jiio.step_size", -0.1, "config.model.jiio: `step_size`"),
         ("model.jiio.accelerator", "newton", "config.model.jiio"),
         ("model.jiio.z_damping", 0.0, "config.model.jiio"),
         ("model.clip_pixels", "yes", "config.model.clip_pixels"),

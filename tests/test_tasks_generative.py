@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jiio_jax import losses
 from jiio_jax.configs import generative as gen_config
 from jiio_jax.tasks import corruption, get_task, vae
 from jiio_jax.tasks.generative import GenerativeTask, task_from_model_config
@@ -38,7 +39,7 @@ def tiny_model_config(method="jiio", corruption_kind="none"):
     m.noise_sigma = 0.2
     m.jiio.update(max_steps=8, memory=3, step_size=0.1, final_step_size=None)
     m.forward.max_steps = 6
-    m.backward.max_steps = 6
+    m.backward.solver.max_steps = 6
     m.vae.update(encoder_channels=(4,), groups=2, dropout=0.1, kl_warmup_steps=10)
     m.num_image_examples = 3
     m.num_samples = 5
@@ -77,7 +78,7 @@ def test_psnr_matches_hand_computation():
     pred = np.clip(target + rng.normal(0, 0.1, target.shape), -1, 1).astype(np.float32)
     pred[1] = target[1] + 0.2  # [0, 1] error 0.1 everywhere: MSE 0.01, exactly 20 dB
     pred[2] = target[2]  # identical: capped at 100 dB
-    out = np.asarray(corruption.psnr(jnp.asarray(pred), jnp.asarray(target)))
+    out = np.asarray(losses.psnr(jnp.asarray(pred), jnp.asarray(target)))
     a, b = pred[0] / 2 + 0.5, target[0] / 2 + 0.5
     expected0 = 10 * np.log10(1.0 / np.mean((a - b) ** 2))
     np.testing.assert_allclose(out, [expected0, 20.0, 100.0], rtol=1e-5)
@@ -144,10 +145,10 @@ def test_kl_divergence_and_warmup():
         ({"arch": "nope"}, "config.model.arch"),
         ({"mdeq.bogus": 3}, "config.model.mdeq"),
         ({"mdeq.block_groups": 3}, "config.model.mdeq"),
-        ({"jiio.max_steps": 0}, "config.model.jiio.max_steps"),
+        ({"jiio.max_steps": 0}, "config.model.jiio: `max_steps`"),
         ({"jiio.anderson_type": "type3"}, "config.model.jiio"),
-        ({"forward.solver": "newton"}, "config.model.forward.solver"),
-        ({"backward.mode": "magic"}, "config.model.backward.mode"),
+        ({"forward.name": "newton"}, "config.model.forward: "),
+        ({"backward.name": "magic"}, "config.model.backward: "),
         ({"jac_weight": -1.0}, "config.model.jac_weight"),
         ({"jac_point": "anywhere"}, "config.model.jac_point"),
         ({"latent_penalty": -1.0}, "config.model.latent_penalty"),
@@ -220,8 +221,8 @@ def test_decoder_dropout_equilibrium_jacobian_and_other_solvers():
         **{
             "mdeq.dropout": 0.25,
             "jac_point": "equilibrium",
-            "backward.mode": "one_step",
-            "forward.solver": "broyden",
+            "backward": {"name": "one_step"},
+            "forward.name": "broyden",
         },
     )
     params = task.init_params(jax.random.key(1), make_batch())

@@ -13,8 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from helpers import load_config
-from PIL import Image
+from helpers import load_config, write_omniglot
 
 from jiio_jax.data import episodes
 from jiio_jax.tasks import get_task
@@ -30,23 +29,6 @@ def _data(**fields) -> ml_collections.ConfigDict:
     data = load_config("digits_meta").data
     data.update(fields)
     return data
-
-
-OMNIGLOT_ALPHABETS = (("images_background", "Alpha"), ("images_evaluation", "Beta"))
-
-
-def write_omniglot(root, *, characters: int = 3, drawings: int = 4, size: int = 20) -> None:
-    """A tiny Omniglot-layout folder: every drawing a distinct, rotation-asymmetric PNG."""
-    rng = np.random.default_rng(0)
-    for top, alphabet in OMNIGLOT_ALPHABETS:
-        for c in range(characters):
-            folder = os.path.join(root, top, alphabet, f"character{c + 1:02d}")
-            os.makedirs(folder)
-            for d in range(drawings):
-                pixels = np.full((size, size), 255, np.uint8)
-                pixels[rng.random((size, size)) < 0.3] = 0
-                pixels[:3, :6] = 0  # A corner mark: no two quarter turns agree.
-                Image.fromarray(pixels).save(os.path.join(folder, f"{c:02d}_{d:02d}.png"))
 
 
 def _unrotations(images: np.ndarray, rotations: np.ndarray, store, members) -> list[int]:
@@ -160,7 +142,7 @@ def test_omniglot_layout_split_resize_and_rotations(tmp_path):
         ({"model.method": "sgd"}, ValueError, r"config\.model\.method='sgd'"),
         ({"model.eval_methods": ("jiio", "lbfgs")}, ValueError, r"eval_methods\[1\]"),
         ({"model.mdeq.meta_pool": 8}, ValueError, r"config\.model\.mdeq\.meta_pool=8"),
-        ({"model.jiio.max_steps": 0}, ValueError, r"config\.model\.jiio\.max_steps"),
+        ({"model.jiio.max_steps": 0}, ValueError, r"config\.model\.jiio: `max_steps`"),
         ({"data.name": "omniglot", "data.path": "/no/such"}, FileNotFoundError, r"data\.path"),
     ],
 )

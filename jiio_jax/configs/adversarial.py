@@ -1,58 +1,43 @@
-"""``config.model`` / ``config.eval`` of the adversarial task: schema, validation, builders, the
-experiment config (``digits_adv``) and the reference recipe (``mnist_adv``, ``cifar_adv``).
+"""``config.model`` / ``config.eval`` of the adversarial task: schema, reading, the experiment
+config (``digits_adv``) and the reference recipe (``mnist_adv``, ``cifar_adv``).
 
-Every check raises ``ValueError`` naming the offending ``config.model.<field>`` (or
-``config.eval.<field>``). See ``default_model_config`` and ``default_eval_config`` for the
-schema; ``jiio_jax.tasks.adversarial`` for how it is used.
+Library sections (``jiio``, ``forward``, ``backward``) splat into the library
+(``jiio_jax.configs.common.splat``); task fields raise ``ValueError`` naming the offending
+``config.model.<field>`` (or ``config.eval.<field>``). See ``default_model_config`` and
+``default_eval_config`` for the schema; ``jiio_jax.tasks.adversarial`` for how it is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
-import types
-import typing
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from jiio_jax.configs.common import (
+    backward,
     build_arch,
-    build_backward,
-    build_solver,
     check_bool,
     check_choice,
     check_float,
     check_int,
     data_image_shape,
+    library_section,
     make_small_loop,
+    mdeq_section,
     override_arch,
+    solver,
+    splat,
 )
 from jiio_jax.configs.common import experiment_config as base_experiment_config
-from jiio_jax.configs.generative import MDEQ_FIELDS
-from jiio_jax.jiio import JIIO, Constant, Piecewise
+from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "pgd", "clean")
 NORMS = ("l2", "linf")
 _CLASSIFIER_FIELDS = ("num_classes", "head_channels", "final_channels")
-
-
-def _field_type(annotation: Any) -> type:
-    """``int`` for ``int | None``, ``tuple`` for ``tuple[int, ...]``, etc."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return typing.get_origin(annotation) or annotation
-
-
-def mdeq_overrides() -> ml_collections.ConfigDict:
-    """``config.model.mdeq``: one typed ``None`` placeholder per ``MDEQConfig`` field, so that
-    e.g. ``--config.model.mdeq.channels='(16, 16)'`` works on the command line."""
-    hints = typing.get_type_hints(MDEQConfig)
-    return ml_collections.ConfigDict(
-        {name: config_dict.placeholder(_field_type(hints[name])) for name in MDEQ_FIELDS}
-    )
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -84,13 +69,13 @@ def default_model_config() -> ml_collections.ConfigDict:
       mdeq: overrides of ``MDEQConfig`` fields (``None`` = keep the base's value), e.g.
         ``channels``, ``head_channels``, ``final_channels``, ``expansion``, ``dropout``.
       jiio: the JIIO attack (training, and evaluation unless ``config.eval`` overrides):
-        ``max_steps`` (``T``), ``step_size`` (**relative to the radius**: the L2 length of each
-        normalised step is ``step_size * 2 * epsilon``, times ``sqrt(#pixels)`` for ``linf`` so
-        that its RMS entry is ``step_size * 2 * epsilon``), ``final_step_size`` (``None``:
-        constant; else the reference's switch to it at ``max(50, 5T/8) - 1``),
-        ``accelerator`` (``"none"``: plain augmented iteration, ``"anderson"``: the reference),
-        ``anderson_type``, ``memory``, ``mixing``, ``ridge``, ``z_damping``, ``mu_damping``
-        (reference 0.8 / 0.6), ``best_iterate``, ``trajectory_min_step``. Defaults: type-I
+        ``jiio_jax.jiio.JIIO(**jiio, normalize_step=True, step_scale=<radius step>,
+        backward=<model.backward>)``, every field of the dataclass, ``None`` = its default.
+        ``step_size`` and ``final_step_size`` (the reference's switch to it at
+        ``max(50, 5T/8) - 1``) are **relative to the radius**: the L2 length of each normalised
+        step is ``step_size * 2 * epsilon``, times ``sqrt(#pixels)`` for ``linf`` so that its
+        RMS entry is ``step_size * 2 * epsilon``. ``accelerator="none"``: plain augmented
+        iteration, ``"anderson"``: the reference (damping 0.8 / 0.6). Defaults: type-I
         Anderson (memory 5) on the undamped augmented map, ``0.8 * eps``, 40 steps. On an MDEQ
         (``configs/digits_adv.py``, undefended, eps 0.5, 300 test images; robust accuracy after
         re-solving, lower = stronger) PGD-20 gave 0.283; this JIIO 0.340 at 40 steps and 0.300
@@ -103,13 +88,12 @@ def default_model_config() -> ml_collections.ConfigDict:
         (relative to the radius: L2 steps ``delta += step_size * r * g / ||g||``, linf steps
         ``delta += step_size * r * sign(g)``), ``random_start`` (start from a uniform point of
         the ball; ``False``: from ``delta = 0``, the reference).
-      forward: the plain DEQ solver (clean forward, PGD steps, evaluation re-solves):
-        ``solver`` (``"anderson"``/``"broyden"``), ``max_steps``, ``tol`` (relative),
-        ``memory``.
-      backward: implicit backward of every equilibrium: ``mode`` (``"implicit"``,
-        ``"one_step"``, ``"neumann"``, ``"phantom"``), ``solver``, ``max_steps``, ``tol``,
-        ``memory``, ``warm_start`` (JIIO: start the adjoint solve at ``-mu* / B``, the
-        reference's warm start; exact up to evaluating at ``z*`` instead of ``f(z*)``).
+      forward: the plain DEQ solver (clean forward, PGD steps, evaluation re-solves), a
+        ``jiio_jax.solvers.resolve`` section ``{"name": "anderson" | "broyden", **fields}``.
+      backward: implicit backward of every equilibrium, a ``jiio_jax.deq.resolve_backward``
+        section (``{"name": "implicit", "solver": {<solver section>}}``).
+      warm_start: JIIO: start the implicit backward of ``z*`` at ``-mu* / B`` (the reference's
+        warm start; exact up to evaluating at ``z*`` instead of ``f(z*)``).
       jac_weight: weight of the Hutchinson Jacobian penalty (reference 0.01; 0 disables it).
       jac_probes: Hutchinson probes (reference 2).
       jac_at_trajectory: JIIO: penalise at the trajectory sample ``(z_t, delta_t)``,
@@ -117,7 +101,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         equilibrium. PGD / clean training always use the equilibrium.
       num_image_examples: images shown by ``Task.images``.
     """
-    mdeq = mdeq_overrides()
+    solver_section = {"name": "anderson", "max_steps": 30, "tol": 1e-4, "memory": 5}
     return ml_collections.ConfigDict(
         {
             "method": "jiio",
@@ -126,31 +110,19 @@ def default_model_config() -> ml_collections.ConfigDict:
             "epsilon_warmup_steps": 0,
             "clip_pixels": True,
             "arch": "mnist_cls",
-            "mdeq": mdeq,
-            "jiio": {
-                "max_steps": 40,
-                "step_size": 0.8,
-                "final_step_size": config_dict.placeholder(float),
-                "accelerator": "anderson",
-                "anderson_type": "type1",
-                "memory": 5,
-                "mixing": 1.0,
-                "ridge": 1e-10,
-                "z_damping": 1.0,
-                "mu_damping": 1.0,
-                "best_iterate": "cost_aware",
-                "trajectory_min_step": 15,
-            },
+            "mdeq": mdeq_section(),
+            "jiio": library_section(
+                JIIO,
+                exclude=("backward", "step_scale", "normalize_step"),
+                max_steps=40,
+                step_size=0.8,
+                z_damping=1.0,
+                mu_damping=1.0,
+            ),
             "pgd": {"steps": 10, "step_size": 0.25, "random_start": False},
-            "forward": {"solver": "anderson", "max_steps": 30, "tol": 1e-4, "memory": 5},
-            "backward": {
-                "mode": "implicit",
-                "solver": "anderson",
-                "max_steps": 30,
-                "tol": 1e-4,
-                "memory": 5,
-                "warm_start": True,
-            },
+            "forward": dict(solver_section),
+            "backward": {"name": "implicit", "solver": dict(solver_section)},
+            "warm_start": True,
             "jac_weight": 0.01,
             "jac_probes": 2,
             "jac_at_trajectory": True,
@@ -194,65 +166,12 @@ class PGDSettings:
     random_start: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class JIIOSettings:
-    """A checked JIIO attack: the step sizes relative to the radius and the other fields.
-
-    ``build(radius_step)`` returns the ``jiio.JIIO`` whose absolute step is
-    ``step_size * radius_step`` (``radius_step``: the radius, times ``sqrt(#pixels)`` for linf).
-    """
-
-    step_size: float
-    final_step_size: float | None
-    kwargs: tuple  # the other JIIO fields, as (name, value) pairs (hashable)
-
-    def build(self, radius_step: Any) -> JIIO:
-        """The solver for absolute steps ``step_size * radius_step`` (a float or a traced
-        scalar, e.g. a warmed-up radius inside the training step)."""
-        if self.final_step_size is None:
-            relative = Constant(self.step_size)
-        else:
-            relative = Piecewise((self.step_size, self.final_step_size))
-        max_steps = dict(self.kwargs)["max_steps"]
-        step = lambda t: relative(t, max_steps) * radius_step
-        return JIIO(step_size=step, normalize_step=True, **dict(self.kwargs))
-
-
 def read_pgd(section: ml_collections.ConfigDict, where: str = "pgd") -> PGDSettings:
     return PGDSettings(
         steps=check_int(f"{where}.steps", section.steps, 1),
         step_size=check_float(f"{where}.step_size", section.step_size, positive=True),
         random_start=check_bool(f"{where}.random_start", section.random_start),
     )
-
-
-def read_jiio(section: ml_collections.ConfigDict, backward: Any) -> JIIOSettings:
-    """Checks ``config.model.jiio``; the JIIO constructor checks the remaining fields."""
-    step = check_float("jiio.step_size", section.step_size, positive=True)
-    final = section.final_step_size
-    if final is not None:
-        final = check_float("jiio.final_step_size", final, positive=True)
-    kwargs = {
-        "max_steps": check_int("jiio.max_steps", section.max_steps, 1),
-        "accelerator": section.accelerator,
-        "anderson_type": section.anderson_type,
-        "memory": check_int("jiio.memory", section.memory, 1),
-        "mixing": section.mixing,
-        "ridge": section.ridge,
-        "z_damping": section.z_damping,
-        "mu_damping": section.mu_damping,
-        "best_iterate": section.best_iterate,
-        "trajectory_min_step": check_int(
-            "jiio.trajectory_min_step", section.trajectory_min_step, 0
-        ),
-        "backward": backward,
-    }
-    settings = JIIOSettings(step, final, tuple(kwargs.items()))
-    try:
-        settings.build(1.0)  # Validates every field now rather than at the first trace.
-    except ValueError as err:
-        raise ValueError(f"config.model.jiio: {err}") from err
-    return settings
 
 
 def build_classifier_config(config: ml_collections.ConfigDict) -> MDEQConfig:
@@ -277,7 +196,7 @@ class AdversarialSettings:
     forward: Any
     backward: Any
     warm_start: bool
-    jiio: JIIOSettings
+    jiio: JIIO
     pgd: PGDSettings
     jac_weight: float
     jac_probes: int
@@ -285,7 +204,7 @@ class AdversarialSettings:
     num_image_examples: int
     eval_epsilon: float
     eval_pgd: PGDSettings
-    eval_jiio: JIIOSettings
+    eval_jiio: JIIO
 
 
 def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
@@ -296,11 +215,12 @@ def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
     method = check_choice("method", m.method, METHODS)
     norm = check_choice("norm", m.norm, NORMS)
     epsilon = check_float("epsilon", m.epsilon, positive=True)
-    backward = build_backward(m.backward)
-    jiio_settings = read_jiio(m.jiio, backward)
+    bwd = backward("model.backward", m.backward)
+    # Relative step sizes: the task sets step_scale to the radius step at each use.
+    jiio = splat("model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True)
     pgd_settings = read_pgd(m.pgd)
 
-    eval_epsilon, eval_pgd, eval_jiio = _read_eval(config, epsilon, m.pgd, jiio_settings)
+    eval_epsilon, eval_pgd, eval_jiio = _read_eval(config, epsilon, m.pgd, jiio)
 
     return AdversarialSettings(
         method=method,
@@ -309,10 +229,10 @@ def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
         epsilon_warmup_steps=check_int("epsilon_warmup_steps", m.epsilon_warmup_steps, 0),
         clip_pixels=check_bool("clip_pixels", m.clip_pixels),
         arch=build_classifier_config(config),
-        forward=build_solver(m.forward, "forward"),
-        backward=backward,
-        warm_start=check_bool("backward.warm_start", m.backward.warm_start),
-        jiio=jiio_settings,
+        forward=solver("model.forward", m.forward),
+        backward=bwd,
+        warm_start=check_bool("warm_start", m.warm_start),
+        jiio=jiio,
         pgd=pgd_settings,
         jac_weight=check_float("jac_weight", m.jac_weight, positive=False),
         jac_probes=check_int("jac_probes", m.jac_probes, 1),
@@ -328,8 +248,8 @@ def _read_eval(
     config: ml_collections.ConfigDict,
     epsilon: float,
     pgd: ml_collections.ConfigDict,
-    jiio_settings: JIIOSettings,
-) -> tuple[float, PGDSettings, JIIOSettings]:
+    jiio: JIIO,
+) -> tuple[float, PGDSettings, JIIO]:
     """``config.eval`` (absent fields: ``default_eval_config``; ``None``: the training value)."""
     defaults = default_eval_config()
     given = config.get("eval") or {}
@@ -348,14 +268,12 @@ def _read_eval(
         eval_pgd = read_pgd(section)
     except ValueError as err:
         raise ValueError(str(err).replace("config.model.pgd.", "config.eval.pgd_")) from err
-    kwargs = dict(jiio_settings.kwargs)
+    changes = {}
     if ev["jiio_steps"] is not None:
-        kwargs["max_steps"] = _eval_int("jiio_steps", ev["jiio_steps"])
-    step = jiio_settings.step_size
+        changes["max_steps"] = _eval_int("jiio_steps", ev["jiio_steps"])
     if ev["jiio_step_size"] is not None:
-        step = _eval_float("jiio_step_size", ev["jiio_step_size"])
-    eval_jiio = JIIOSettings(step, jiio_settings.final_step_size, tuple(kwargs.items()))
-    return eval_epsilon, eval_pgd, eval_jiio
+        changes["step_size"] = _eval_float("jiio_step_size", ev["jiio_step_size"])
+    return eval_epsilon, eval_pgd, dataclasses.replace(jiio, **changes)
 
 
 def _eval_float(field: str, value: Any) -> float:
@@ -430,7 +348,7 @@ def make_small(config: ml_collections.ConfigDict) -> None:
     m.jiio.update(max_steps=4, memory=2, trajectory_min_step=1)
     m.pgd.steps = 2
     m.forward.update(max_steps=6, memory=2)
-    m.backward.update(max_steps=6, memory=2)
+    m.backward.solver.update(max_steps=6, memory=2)
     m.num_image_examples = 4
     m.epsilon_warmup_steps = min(m.epsilon_warmup_steps, 2)
     config.eval.update(pgd_steps=2, jiio_steps=4)

@@ -1,25 +1,28 @@
 """Pieces every experiment config shares: the training loop's fields, ``config.data``, the
-reference optimiser, the ``:small`` loop, and the readers of the shared ``config.model``
-sections (architecture, solvers, backward, JIIO).
+reference optimiser, the ``:small`` loop, and the one way a config section reaches the library.
 
-Reading errors are ``ValueError`` naming the offending ``config.<section>.<field>``.
+A section splats into the library's own dataclass (``splat("model.jiio", jiio.JIIO,
+config.model.jiio)``; solvers and backward modes through their registries): the defaults and the
+validation are the library's, and its error is re-raised once as
+``config.model.<path>: <the library's message>``. Task-level fields (``method``, ``jac_weight``,
+...) have no library class; the tasks check them with ``check_*``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
+import types
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
-from jiio_jax.deq import Implicit, Neumann, OneStep, Phantom
-from jiio_jax.jiio import JIIO, Piecewise
+from jiio_jax import deq, solvers
 from jiio_jax.models.configs import CONFIGS, MDEQConfig
-from jiio_jax.solvers import Anderson, Broyden
 
-SOLVERS = ("anderson", "broyden")
-BACKWARD_MODES = ("implicit", "one_step", "neumann", "phantom")
 _TUPLE_FIELDS = ("channels", "head_channels")
 
 
@@ -121,7 +124,87 @@ def override_arch(model: ml_collections.ConfigDict, arch: str = "", **mdeq_field
     model.mdeq.update(mdeq_fields)
 
 
-# -- reading ----------------------------------------------------------------------------------
+# -- reading: config sections splat into the library's dataclasses ---------------------------
+def library_section(cls: type, *, exclude: tuple[str, ...] = (), **values: Any):
+    """A config section holding every field of the library dataclass ``cls`` (but ``exclude``):
+    ``values`` where given, else a typed ``None`` placeholder that :func:`splat` leaves to the
+    library's default. The defaults stay in ``cls`` alone; the placeholders make every field
+    settable on the command line (``--config.model.jiio.z_damping=0.5``)."""
+    hints = typing.get_type_hints(cls)
+    section = ml_collections.ConfigDict()
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        if _is_scalar(field.default):
+            section[field.name] = config_dict.placeholder(_scalar_type(hints[field.name]))
+        else:  # An object default (e.g. a solver): set it in a config file, as a mapping.
+            section[field.name] = None
+    unknown = sorted(set(values) - set(section))
+    if unknown:
+        raise ValueError(f"{cls.__name__} section: unknown fields {unknown}.")
+    section.update(values)
+    return section
+
+
+def _is_scalar(default: Any) -> bool:
+    """Whether a field's default is a command-line value (or there is none)."""
+    return (
+        default is dataclasses.MISSING
+        or default is None
+        or isinstance(default, bool | int | float | str | tuple)
+    )
+
+
+def _scalar_type(annotation: Any) -> type:
+    """The command-line type of a field: ``int`` for ``int | None``, ``tuple`` for
+    ``tuple[int, ...]``, ``float`` for ``Any`` or a union with a float (e.g. ``JIIO.tol``)."""
+    options = [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    for kind in (bool, int, float, str):
+        if kind in options:
+            return kind
+    origin = typing.get_origin(options[0])
+    return origin if origin in (tuple, list) else float
+
+
+def splat(path: str, factory: Callable, section: Any, **fields: Any) -> Any:
+    """``factory(**section, **fields)``: the section's ``None`` fields are left to the library's
+    defaults, ``fields`` are the ones the task sets itself. The library validates; its error is
+    re-raised once as ``config.<path>: <the library's message>``.
+
+    Args:
+      path: the section's place in the config, e.g. ``"model.jiio"``.
+      factory: the library's dataclass (``jiio.JIIO``) or resolver (``solvers.resolve``).
+      section: a ``ConfigDict`` or mapping.
+      fields: values the task supplies (e.g. the resolved ``backward``); the section may not
+        set them too.
+    """
+    given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    clash = sorted(set(kwargs) & set(fields))
+    if clash:
+        raise ValueError(f"config.{path}.{clash[0]} is set by the task; remove it from the config.")
+    try:
+        return factory(**kwargs, **fields)
+    except (TypeError, ValueError) as err:
+        # A bad config value, whichever the library raised (e.g. TypeError: unknown field).
+        raise ValueError(f"config.{path}: {err}") from err
+
+
+def solver(path: str, section: Any) -> Any:
+    """A solver from a section ``{"name": "anderson" | "broyden" | "fixed_point_iteration",
+    **fields}`` (``jiio_jax.solvers.resolve``)."""
+    return splat(path, lambda **spec: solvers.resolve(spec), section)
+
+
+def backward(path: str, section: Any) -> Any:
+    """A backward mode from a section ``{"name": "implicit" | "one_step" | "neumann" |
+    "phantom", **fields}``, ``implicit``'s ``solver`` a solver section
+    (``jiio_jax.deq.resolve_backward``)."""
+    return splat(path, lambda **spec: deq.resolve_backward(spec), section)
+
+
 def check_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"config.model.{field}={value!r} must be one of {choices}.")
@@ -160,6 +243,12 @@ def data_image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return tuple(image_shape)
 
 
+def mdeq_section(*fixed: str) -> ml_collections.ConfigDict:
+    """``config.model.mdeq``: a typed ``None`` placeholder per ``MDEQConfig`` field but
+    ``image_shape`` and the task's ``fixed`` ones (overrides of ``model.arch``)."""
+    return library_section(MDEQConfig, exclude=("image_shape", *fixed))
+
+
 def build_arch(
     config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], **fixed: Any
 ) -> MDEQConfig:
@@ -170,86 +259,18 @@ def build_arch(
     caller, so ``model.mdeq`` may not set them.
     """
     m = config.model
-    allowed = tuple(
-        f.name for f in dataclasses.fields(MDEQConfig) if f.name not in ("image_shape", *fixed)
-    )
     overrides = {k: v for k, v in m.mdeq.items() if v is not None}
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"config.model.mdeq has unknown fields {unknown}; MDEQConfig fields: {allowed}."
-        )
     for name in _TUPLE_FIELDS:
         if name in overrides:
             overrides[name] = tuple(overrides[name])
-    try:
-        if m.arch:
-            if m.arch not in CONFIGS:
-                raise ValueError(
-                    f"config.model.arch={m.arch!r} is not an MDEQ config; choose one of "
-                    f"{sorted(CONFIGS)} or '' (explicit config.model.mdeq fields)."
-                )
-            return CONFIGS[m.arch].replace(image_shape=image_shape, **fixed, **overrides)
-        if "channels" not in overrides:
-            raise ValueError("config.model.arch='' needs config.model.mdeq.channels.")
-        return MDEQConfig(image_shape=image_shape, **fixed, **overrides)
-    except (TypeError, ValueError) as err:
-        if str(err).startswith("config."):
-            raise
-        raise ValueError(f"config.model.mdeq (arch {m.arch!r}): {err}") from err
-
-
-def build_solver(section: ml_collections.ConfigDict, where: str) -> Anderson | Broyden:
-    """Anderson / Broyden from ``config.model.<where>`` (``solver``, ``max_steps``, ``tol``,
-    ``memory``)."""
-    name = check_choice(f"{where}.solver", section.solver, SOLVERS)
-    kwargs = {
-        "max_steps": check_int(f"{where}.max_steps", section.max_steps, 1),
-        "tol": check_float(f"{where}.tol", section.tol, positive=True),
-        "memory": check_int(f"{where}.memory", section.memory, 1),
-    }
-    return Anderson(**kwargs) if name == "anderson" else Broyden(**kwargs)
-
-
-def build_backward(section: ml_collections.ConfigDict) -> Any:
-    """The ``jiio_jax.deq`` backward mode from ``config.model.backward``."""
-    mode = check_choice("backward.mode", section.mode, BACKWARD_MODES)
-    solver = build_solver(section, "backward")
-    if mode == "implicit":
-        return Implicit(solver=solver)
-    if mode == "one_step":
-        return OneStep()
-    if mode == "neumann":
-        return Neumann(k=solver.max_steps)
-    return Phantom(k=solver.max_steps)
-
-
-def build_jiio(section: ml_collections.ConfigDict, backward: Any) -> JIIO:
-    """The ``JIIO`` solver configuration from ``config.model.jiio``."""
-    alpha = check_float("jiio.step_size", section.step_size, positive=True)
-    final = section.final_step_size
-    if final is not None:
-        step_size = Piecewise((alpha, check_float("jiio.final_step_size", final, positive=True)))
-    else:
-        step_size = alpha
-    try:
-        return JIIO(
-            step_size=step_size,
-            max_steps=check_int("jiio.max_steps", section.max_steps, 1),
-            accelerator=section.accelerator,
-            anderson_type=section.anderson_type,
-            memory=check_int("jiio.memory", section.memory, 1),
-            mixing=section.mixing,
-            ridge=section.ridge,
-            z_damping=section.z_damping,
-            mu_damping=section.mu_damping,
-            best_iterate=section.best_iterate,
-            trajectory_min_step=check_int(
-                "jiio.trajectory_min_step", section.trajectory_min_step, 0
-            ),
-            backward=backward,
+    if m.arch and m.arch not in CONFIGS:
+        raise ValueError(
+            f"config.model.arch={m.arch!r} is not an MDEQ config; choose one of "
+            f"{sorted(CONFIGS)} or '' (explicit config.model.mdeq fields)."
         )
-    except ValueError as err:
-        if str(err).startswith("config."):
-            raise
-        raise ValueError(f"config.model.jiio: {err}") from err
+    if not m.arch and "channels" not in overrides:
+        raise ValueError("config.model.arch='' needs config.model.mdeq.channels.")
+    factory = CONFIGS[m.arch].replace if m.arch else MDEQConfig
+    return splat(
+        f"model.mdeq (arch {m.arch!r})", factory, overrides, image_shape=image_shape, **fixed
+    )

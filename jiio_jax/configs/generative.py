@@ -7,8 +7,6 @@ See ``default_model_config`` for the fields; ``jiio_jax.tasks.generative`` for h
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 
 from jiio_jax.configs.common import (
@@ -16,15 +14,16 @@ from jiio_jax.configs.common import (
     data_config,
     data_image_shape,
     experiment_config,
+    library_section,
     make_small_loop,
+    mdeq_section,
     override_arch,
 )
+from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "vae")
 JAC_POINTS = ("trajectory", "equilibrium")
-# MDEQConfig fields a config may override (image_shape comes from config.data).
-MDEQ_FIELDS = tuple(f.name for f in dataclasses.fields(MDEQConfig) if f.name != "image_shape")
 # The reference's inpainting hole (20 pixels) is for 64x64 images; smaller images get the same
 # fraction of the side.
 REFERENCE_HOLE, REFERENCE_SIZE = 20, 64
@@ -48,17 +47,17 @@ def default_model_config() -> ml_collections.ConfigDict:
       mdeq: overrides of ``MDEQConfig`` fields (``None`` = keep the base's value), e.g.
         ``channels``, ``latent_dim``, ``expansion``, ``block_groups``, ``num_groups``,
         ``aux_groups``, ``dropout`` (decoder), ``cell_init_std``.
-      jiio: the JIIO solver (``jiio_jax.jiio.JIIO``): ``max_steps`` (``T``), ``memory``,
-        ``step_size`` and ``final_step_size`` (``None``: constant; else the reference's switch
-        to it at ``max(50, 5T/8) - 1``), ``accelerator``, ``anderson_type``, ``mixing``,
-        ``ridge``, ``z_damping``, ``mu_damping``, ``best_iterate``, ``trajectory_min_step``. The
+      jiio: ``jiio_jax.jiio.JIIO(**jiio, backward=<model.backward>)``: every field of the
+        dataclass, ``None`` = its default (e.g. ``max_steps`` ``T``, ``memory``, ``step_size``
+        and ``final_step_size``: the reference's switch to it at ``max(50, 5T/8) - 1``). The
         inner cost is a per-image *sum* of squared errors, so step sizes shrink as images grow.
-      forward: the plain DEQ solver (VAE decoding, decoding samples): ``solver``
-        (``"anderson"``/``"broyden"``), ``max_steps``, ``tol`` (relative), ``memory``.
-      backward: the implicit backward of every equilibrium: ``mode`` (``"implicit"``,
-        ``"one_step"``, ``"neumann"``, ``"phantom"``; the last two use ``max_steps`` as their
-        ``k``), ``solver``, ``max_steps``, ``tol``, ``memory``, and ``warm_start`` (start the
-        JIIO adjoint solve at ``mu* / (B C H W)``, the reference's warm start).
+      forward: the plain DEQ solver (VAE decoding, decoding samples), a
+        ``jiio_jax.solvers.resolve`` section ``{"name": "anderson" | "broyden", **fields}``.
+      backward: the implicit backward of every equilibrium, a ``jiio_jax.deq.resolve_backward``
+        section (``{"name": "implicit", "solver": {<solver section>}}``, or ``"one_step"``,
+        ``"neumann"`` / ``"phantom"`` with their ``k``).
+      warm_start: start the implicit backward of JIIO's ``z*`` at ``mu* / (B C H W)`` (the
+        reference's warm start).
       latent_penalty: ``lambda`` of an optional prior term ``lambda ||x||^2`` added to JIIO's inner
         cost (reference: none, 0). Keeps the optimised latents near the origin, which makes the
         Gaussian fitted to them for sampling a better match (a regularised-autoencoder view).
@@ -76,7 +75,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       sample_ridge: JIIO samples: ridge added to the latents' covariance, relative to its mean
         eigenvalue.
     """
-    mdeq = ml_collections.ConfigDict({name: None for name in MDEQ_FIELDS})
+    solver = {"name": "anderson", "max_steps": 18, "tol": 1e-4, "memory": 5}
     return ml_collections.ConfigDict(
         {
             "method": "jiio",
@@ -84,30 +83,18 @@ def default_model_config() -> ml_collections.ConfigDict:
             "hole": 20,
             "noise_sigma": 0.2,
             "arch": "celeba_gen",
-            "mdeq": mdeq,
-            "jiio": {
-                "max_steps": 100,
-                "memory": 40,
-                "step_size": 0.01,
-                "final_step_size": 0.003,
-                "accelerator": "anderson",
-                "anderson_type": "type1",
-                "mixing": 1.0,
-                "ridge": 1e-10,
-                "z_damping": 0.8,
-                "mu_damping": 0.6,
-                "best_iterate": "cost_aware",
-                "trajectory_min_step": 15,
-            },
-            "forward": {"solver": "anderson", "max_steps": 18, "tol": 1e-4, "memory": 5},
-            "backward": {
-                "mode": "implicit",
-                "solver": "anderson",
-                "max_steps": 18,
-                "tol": 1e-4,
-                "memory": 5,
-                "warm_start": True,
-            },
+            "mdeq": mdeq_section(),
+            "jiio": library_section(
+                JIIO,
+                exclude=("backward", "step_scale"),
+                max_steps=100,
+                memory=40,
+                step_size=0.01,
+                final_step_size=0.003,
+            ),
+            "forward": dict(solver),
+            "backward": {"name": "implicit", "solver": dict(solver)},
+            "warm_start": True,
             "latent_penalty": 0.0,
             "jac_weight": 2.0,
             "jac_point": "trajectory",
@@ -161,7 +148,7 @@ def make_small(config: ml_collections.ConfigDict, image_size: int = 16) -> None:
     m.hole = scaled_hole(image_size)
     m.jiio.update(max_steps=8, memory=3, step_size=0.05, final_step_size=None)
     m.forward.update(max_steps=6, memory=3)
-    m.backward.update(max_steps=6, memory=3)
+    m.backward.solver.update(max_steps=6, memory=3)
     m.vae.encoder_channels = (8, 16)
     m.vae.kl_warmup_steps = 2
     m.num_image_examples = 4
@@ -193,9 +180,8 @@ def celeba_config(corruption: str, arg: str | None):
     m.arch = "celeba_gen"
     m.hole = 20
     m.noise_sigma = 0.2
-    m.jiio.update(max_steps=100, memory=40, step_size=0.01, final_step_size=0.003)
-    m.forward.update(solver="anderson", max_steps=18, tol=1e-4, memory=5)  # F_THRES 18
-    m.backward.update(mode="implicit", solver="anderson", max_steps=18, tol=1e-4, memory=5)
+    # JIIO (T = 100, memory 40, 0.01 -> 0.003), forward and backward (Anderson, 18 steps, the
+    # reference's F_THRES / B_THRES): the defaults of default_model_config.
     m.jac_weight = 2.0
     m.jac_point = "trajectory"
     # VAE baseline (method=vae): encoder dropout 0.3, KL warm-up over 10 epochs.

@@ -15,21 +15,20 @@ import ml_collections
 
 from jiio_jax.configs.common import (
     build_arch,
-    build_solver,
     check_choice,
     check_float,
     check_int,
+    library_section,
     make_small_loop,
+    mdeq_section,
     override_arch,
+    solver,
 )
 from jiio_jax.configs.common import experiment_config as base_experiment_config
+from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "projected_adam")
-# MDEQConfig fields a config may override: the image shape and n_way come from config.data.
-MDEQ_FIELDS = tuple(
-    f.name for f in dataclasses.fields(MDEQConfig) if f.name not in ("image_shape", "n_way")
-)
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -50,53 +49,45 @@ def default_model_config() -> ml_collections.ConfigDict:
         ``channels``, ``expansion``.
       context_l2: ``lam`` of the inner cost ``n_way * S * (mean_i CE_i + lam * mean_k v_k^2)``
         over the ``S`` support examples (the reference's scaling, ``lam = 1``).
-      jiio: the JIIO solver (same fields as the generative task's ``model.jiio``); reference
-        ``T = 100``, memory 10, ``alpha`` 0.04 -> 0.01 at step 61, Type-II Anderson.
+      jiio: ``jiio_jax.jiio.JIIO(**jiio, backward=<model.backward>)`` (every field of the
+        dataclass, ``None`` = its default); reference ``T = 100``, memory 10, ``alpha`` 0.04 ->
+        0.01 at step 61, Type-II Anderson.
       adam: the projected-Adam inner loop: ``num_steps`` (20), ``learning_rate`` (0.1), and
-        ``solver``/``max_steps``/``tol``/``memory`` of its warm-started forward and adjoint
-        solves (reference: Broyden capped at 20 iterations).
-      forward: solver of the query equilibrium with ``v*`` fixed (reference: Broyden,
+        ``solver``, the solver section of its warm-started forward and adjoint solves
+        (reference: Broyden capped at 20 iterations).
+      forward: solver section of the query equilibrium with ``v*`` fixed (reference: Broyden,
         ``F_THRES = 18``).
-      backward: implicit backward of the query equilibrium (``mode``, ``solver``,
-        ``max_steps``, ``tol``, ``memory``), started from zero as in the reference.
+      backward: backward section of the query equilibrium (``{"name": "implicit", "solver":
+        {...}}``), started from zero as in the reference.
       jac_weight: weight of the Hutchinson Jacobian penalty, evaluated at the inner solve's
         trajectory sample (JIIO) or final support equilibrium (projected Adam), plus at the
         query equilibrium (reference 0.5; 0 disables it).
       jac_probes: Hutchinson probes (reference 2).
     """
-    mdeq = ml_collections.ConfigDict({name: None for name in MDEQ_FIELDS})
-    solver = {"solver": "broyden", "max_steps": 18, "tol": 1e-5, "memory": 18}
+    solver = {"name": "broyden", "max_steps": 18, "tol": 1e-5, "memory": 18}
     return ml_collections.ConfigDict(
         {
             "method": "jiio",
             "eval_methods": ("jiio", "projected_adam"),
             "arch": "omniglot_meta",
-            "mdeq": mdeq,
+            "mdeq": mdeq_section("n_way"),
             "context_l2": 1.0,
-            "jiio": {
-                "max_steps": 100,
-                "memory": 10,
-                "step_size": 0.04,
-                "final_step_size": 0.01,
-                "accelerator": "anderson",
-                "anderson_type": "type2",
-                "mixing": 1.0,
-                "ridge": 1e-10,
-                "z_damping": 0.8,
-                "mu_damping": 0.6,
-                "best_iterate": "cost_aware",
-                "trajectory_min_step": 15,
-            },
+            "jiio": library_section(
+                JIIO,
+                exclude=("backward", "step_scale"),
+                max_steps=100,
+                memory=10,
+                step_size=0.04,
+                final_step_size=0.01,
+                anderson_type="type2",
+            ),
             "adam": {
                 "num_steps": 20,
                 "learning_rate": 0.1,
-                "solver": "broyden",
-                "max_steps": 20,
-                "tol": 1e-5,
-                "memory": 20,
+                "solver": {"name": "broyden", "max_steps": 20, "tol": 1e-5, "memory": 20},
             },
             "forward": dict(solver),
-            "backward": {"mode": "implicit", **solver},
+            "backward": {"name": "implicit", "solver": dict(solver)},
             "jac_weight": 0.5,
             "jac_probes": 2,
         }
@@ -138,7 +129,7 @@ def build_meta_arch(config: ml_collections.ConfigDict, image_size: int, n_way: i
 
 @dataclasses.dataclass(frozen=True)
 class AdamConfig:
-    """The checked ``model.adam`` section (see ``default_model_config``)."""
+    """The projected-Adam inner loop of ``model.adam`` (``jiio_jax.tasks.meta_adam``)."""
 
     num_steps: int
     learning_rate: float
@@ -146,11 +137,11 @@ class AdamConfig:
 
 
 def build_adam(section: ml_collections.ConfigDict) -> AdamConfig:
-    """``AdamConfig`` from ``config.model.adam``."""
+    """``AdamConfig`` from ``config.model.adam`` (``solver``: a solver section)."""
     return AdamConfig(
         num_steps=check_int("adam.num_steps", section.num_steps, 1),
         learning_rate=check_float("adam.learning_rate", section.learning_rate, positive=True),
-        solver=build_solver(section, "adam"),
+        solver=solver("model.adam.solver", section.solver),
     )
 
 
@@ -203,7 +194,8 @@ def make_small(config: ml_collections.ConfigDict) -> None:
         meta_pool=4,
     )
     m.jiio.update(max_steps=8, memory=3, final_step_size=None)
-    m.adam.update(num_steps=3, max_steps=4, memory=4)
+    m.adam.num_steps = 3
+    m.adam.solver.update(max_steps=4, memory=4)
     m.forward.update(max_steps=6, memory=6)
-    m.backward.update(max_steps=6, memory=6)
+    m.backward.solver.update(max_steps=6, memory=6)
     m.jac_probes = 1

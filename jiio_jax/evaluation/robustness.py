@@ -44,9 +44,8 @@ import ml_collections
 import numpy as np
 
 from jiio_jax.configs import adversarial as adv_config
+from jiio_jax.losses import accuracy, cross_entropy
 from jiio_jax.tasks.attacks import (
-    cross_entropy,
-    jiio_attack,
     pgd_attack,
     random_start,
     threat_sets,
@@ -127,14 +126,6 @@ def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
         yield jnp.asarray(images[idx]), jnp.asarray(labels[idx]), valid
 
 
-def jiio_settings_with_steps(
-    settings: adv_config.JIIOSettings, steps: int
-) -> adv_config.JIIOSettings:
-    """The evaluation JIIO attack with ``max_steps = steps`` (everything else unchanged)."""
-    kwargs = tuple((n, steps if n == "max_steps" else v) for n, v in settings.kwargs)
-    return dataclasses.replace(settings, kwargs=kwargs)
-
-
 class AttackFns:
     """Jitted, eval-mode attack and scoring functions of one adversarial task.
 
@@ -179,7 +170,7 @@ class AttackFns:
 
         def score(params, images, labels, delta):
             logits, info = logits_of(params, images + delta)
-            acc = (jnp.argmax(logits, -1) == labels).astype(F32)
+            acc = accuracy(logits, labels)
             ce = cross_entropy(logits, labels)
             violation = jax.vmap(lambda t, d: t.violation(d))(threats(images), delta)
             flat = delta.reshape(delta.shape[0], -1)
@@ -224,13 +215,17 @@ class AttackFns:
     def jiio(self, steps: int):
         """The jitted JIIO-``steps`` attack ``(params, images, labels) -> (delta, num_steps)``."""
         if steps not in self._jiio:
-            settings = jiio_settings_with_steps(self.settings.eval_jiio, steps)
-            solver = settings.build(self.radius * self.task.step_scale)
+            # The evaluation attack at max_steps = steps; step sizes relative to the radius.
+            solver = dataclasses.replace(
+                self.settings.eval_jiio,
+                max_steps=steps,
+                step_scale=self.radius * self.task.step_scale,
+            )
             task = self.task
 
             def run(params, images, labels):
                 params = jax.lax.stop_gradient(params)
-                sol = jiio_attack(task.model, params, images, labels, self._threats(images), solver)
+                sol = task.jiio_attack(params, images, labels, radius=self.radius, solver=solver)
                 return jax.lax.stop_gradient(sol.x), sol.num_steps
 
             self._jiio[steps] = jax.jit(run)
@@ -265,16 +260,17 @@ def attack_fns(config: ml_collections.ConfigDict) -> AttackFns:
 
 
 def _settings_summary(s: adv_config.AdversarialSettings) -> dict[str, Any]:
-    jiio = dict(s.eval_jiio.kwargs)
+    jiio = s.eval_jiio
     return {
         "pgd": {"step_size": s.eval_pgd.step_size, "random_start": s.eval_pgd.random_start},
         "jiio": {
-            "step_size": s.eval_jiio.step_size,
-            "final_step_size": s.eval_jiio.final_step_size,
-            "config_max_steps": jiio["max_steps"],
-            **{k: jiio[k] for k in ("accelerator", "anderson_type", "memory", "best_iterate")},
-            "z_damping": jiio["z_damping"],
-            "mu_damping": jiio["mu_damping"],
+            "step_size": jiio.step_size.value,
+            "final_step_size": jiio.final_step_size,
+            "config_max_steps": jiio.max_steps,
+            **{k: getattr(jiio, k) for k in ("accelerator", "anderson_type", "memory")},
+            "best_iterate": jiio.best_iterate,
+            "z_damping": jiio.z_damping,
+            "mu_damping": jiio.mu_damping,
         },
         "step_sizes_relative_to": "epsilon",
     }

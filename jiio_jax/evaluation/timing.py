@@ -32,7 +32,7 @@ timed ``options.num_repeats`` times, the methods interleaved round-robin (the sh
 drifts); each timed call is the whole batched solve followed by ONE
 ``jax.block_until_ready`` (no per-iteration device syncs, no host transfers inside), and
 medians are reported with every repeat. The meta timing times the same jitted
-``MetaTask.adapt`` as ``jiio_jax.tasks.meta_eval`` (which also syncs once per batch).
+``MetaTask.adapt`` as ``jiio_jax.evaluation.meta`` (which also syncs once per batch).
 
 F-evaluation counts per example: JIIO ``num_steps`` (augmented-map evaluations, each one cell
 evaluation and one VJP); inner Adam: forward-solver cell evaluations (plus one implicit backward
@@ -43,6 +43,7 @@ per support example (plus one adjoint solve per step, not counted).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 import time
@@ -195,7 +196,7 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
     from jiio_jax.tasks.generative import GenerativeTask
 
     task = GenerativeTask(config)
-    model, penalty = task.model, task.latent_penalty
+    model = task.model
     images, _ = load_test_split(config, batch_size)
     obs = corrupt(
         jax.random.key(options.seed),
@@ -205,29 +206,21 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
         noise_sigma=task.noise_sigma,
     )
     dec = params["decoder"]
-
-    # The task's inner problem (eval mode: no dropout), shared by JIIO, Adam and the scoring.
-    def f(z, x, inj, cell, head, target, mask):
-        del head, target, mask
-        return model.cell(z, model.inject(x, inj), cell)
-
-    def cost(z, x, inj, cell, head, target, mask):
-        del inj, cell
-        fit = jnp.sum(jnp.square(mask * (model.head(z, head) - target)))
-        return fit + penalty * jnp.sum(jnp.square(x)) if penalty else fit
-
-    z0 = model.z0(F32)
     x0 = jnp.zeros((task.arch.latent_dim,), F32)
 
+    # The task's inner problem (eval mode: no dropout), shared by JIIO, Adam and the scoring.
     def batched(solve_one):
         def run(dec, targets, masks):
-            args = (dec["injection"], dec["cell"], dec["head"])
-            return jax.vmap(lambda t, m: solve_one(*args, t, m))(targets, masks)
+            def one(target, mask):
+                problem = task.inner_problem({"decoder": dec}, {"image": target, "mask": mask})
+                return solve_one(*problem[:4], *problem.args)
+
+            return jax.vmap(one)(targets, masks)
 
         return run
 
     def adam(lr):
-        def one(*args):
+        def one(f, cost, z0, x0, *args):
             sol = jiio.inner_adam(
                 f, cost, z0, x0, *args,
                 num_steps=ADAM_STEPS, learning_rate=lr,
@@ -237,12 +230,13 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
 
         return batched(one)
 
-    def jiio_run(steps):
-        section = ml_collections.ConfigDict(config.model.jiio.to_dict())
-        section.max_steps = steps
-        solver = cc.build_jiio(section, model.backward)
+    # The run's JIIO (also for a VAE run: its config's model.jiio) at each step budget.
+    configured = cc.splat("model.jiio", jiio.JIIO, config.model.jiio, backward=model.backward)
 
-        def one(*args):
+    def jiio_run(steps):
+        solver = dataclasses.replace(configured, max_steps=steps)
+
+        def one(f, cost, z0, x0, *args):
             sol = jiio.solve(f, cost, z0, x0, *args, solver=solver)
             return sol.x, sol.num_steps
 
@@ -251,9 +245,9 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
     @jax.jit
     def score(dec, xs, targets, masks):
         def one(x, t, m):
-            args = (dec["injection"], dec["cell"], dec["head"], t, m)
+            problem = task.inner_problem({"decoder": dec}, {"image": t, "mask": m})
             z = model.solve(model.inject(x, dec["injection"]), dec["cell"]).value
-            return cost(z, x, *args)
+            return problem.cost(z, x, *problem.args)
 
         return jnp.mean(jax.vmap(one)(xs, targets, masks))
 
@@ -348,8 +342,8 @@ def _adversarial(config, params, options, budgets, batch_size) -> dict[str, Any]
 
 # -- meta ---------------------------------------------------------------------------------------
 def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
+    from jiio_jax.evaluation.meta import test_batches
     from jiio_jax.tasks.meta import MetaTask, cross_entropy
-    from jiio_jax.tasks.meta_eval import test_batches
 
     base_task = MetaTask(config)
     try:
@@ -360,7 +354,7 @@ def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
             f"(config.data.num_test_episodes={config.data.num_test_episodes})."
         ) from None
     s_img, s_lab, _, _ = base_task.split_batch(batch)
-    configured = int(config.model.jiio.max_steps)
+    configured = base_task.jiio.max_steps
 
     def task_with(steps: int) -> MetaTask:
         if steps == configured:

@@ -10,7 +10,7 @@ and perturbed images stay in ``[-1, 1]`` (``clip_pixels``; ``jiio_jax.tasks.atta
 .. math:: \delta^* = \arg\min_{\delta \in S(x)} -\mathrm{CE}(h(z^*), y)
           \quad\text{s.t.}\quad z^* = f_\theta(z^*, \mathrm{inject}(x + \delta))
 
-with normalised steps and the projection onto ``S(x)`` (``attacks.jiio_attack``), then
+with normalised steps and the projection onto ``S(x)`` (``AdversarialTask.jiio_attack``), then
 
 .. math:: L = \operatorname{mean}_b \mathrm{CE}(h(\hat z_b), y_b) + \lambda_J \operatorname{mean}_b
           \frac{\|\epsilon^\top \partial f/\partial z\|^2}{\dim z}\Big|_{(z_{t_b}, \delta_{t_b})},
@@ -48,25 +48,26 @@ at the final input with the forward solver, never the attack's internal ``z``): 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jiio_jax import jacobian, plotting
+from jiio_jax import jacobian, jiio, plotting
 from jiio_jax.configs import adversarial as adv_config
 from jiio_jax.jiio import JIIOSolution
+from jiio_jax.losses import accuracy, cross_entropy
 from jiio_jax.models.mdeq import MDEQClassifier
 from jiio_jax.tasks.attacks import (
+    ThreatSet,
     attack_problem,
-    cross_entropy,
-    jiio_attack,
     pgd_attack,
     step_scale,
     threat_sets,
 )
-from jiio_jax.tasks.base import Metrics, PyTree, Task, register_task
+from jiio_jax.tasks.base import InnerProblem, Metrics, PyTree, Task, register_task
 from jiio_jax.tasks.corruption import to_unit
 
 F32 = jnp.float32
@@ -74,10 +75,6 @@ F32 = jnp.float32
 
 def _mean(x: jax.Array) -> jax.Array:
     return jnp.mean(x.astype(F32))
-
-
-def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return (jnp.argmax(logits, axis=-1) == labels).astype(F32)
 
 
 @register_task("adversarial")
@@ -97,7 +94,8 @@ class AdversarialTask(Task):
         self.radius = 2.0 * s.epsilon
         self.eval_radius = 2.0 * s.eval_epsilon
         self.step_scale = scale
-        self.eval_jiio = s.eval_jiio.build(self.eval_radius * scale)
+        # step_size is relative to the radius: step_scale makes it absolute.
+        self.eval_jiio = dataclasses.replace(s.eval_jiio, step_scale=self.eval_radius * scale)
 
     # -- parameters ---------------------------------------------------------------------------
     def init_params(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
@@ -176,30 +174,74 @@ class AdversarialTask(Task):
             key=key if pgd.random_start else None,
         )
 
-    def _jiio(
+    def inner_problem(self, params: PyTree, batch: dict[str, jax.Array]) -> InnerProblem:
+        r"""The attack of ONE image (vmap it over a batch): ``min_{delta in S(x)} -CE(h(z*), y)``
+        s.t. ``z* = f(z*, inject(x + delta))`` (``attacks.attack_problem``).
+
+        Args:
+          params: ``{"injection", "cell", "head"}``, passed in ``args`` so that the implicit
+            gradient reaches them.
+          batch: one example: ``"image"`` ``[H, W, C]``, ``"label"`` ``[]``, optionally
+            ``"radius"`` (``[-1, 1]`` scale; default: the evaluation radius) and, in training,
+            ``"dropout_mask"``.
+
+        Returns:
+          ``InnerProblem``: ``args = (injection, cell, head, dropout_mask, image, label)``,
+          ``x0 = delta = 0`` and the projection onto the image's threat set ``S(x)``.
+        """
+        s = self.settings
+        f, cost = attack_problem(self.model)
+        image = batch["image"]
+        radius = jnp.asarray(batch.get("radius", self.eval_radius), F32)
+        threat = ThreatSet.from_image(image, radius, s.norm, s.clip_pixels)
+        args = (
+            params["injection"],
+            params["cell"],
+            params["head"],
+            batch.get("dropout_mask"),
+            image.astype(F32),
+            batch["label"],
+        )
+        return InnerProblem(f, cost, self.model.z0(F32), jnp.zeros(image.shape, F32), args, threat)
+
+    def jiio_attack(
         self,
         params: PyTree,
         images: jax.Array,
         labels: jax.Array,
         *,
         radius: float | jax.Array,
-        solver,
+        solver: jiio.JIIO,
         dmasks: PyTree = None,
         trajectory_keys: jax.Array | None = None,
         adjoint_init_scale: float | None = None,
     ) -> JIIOSolution:
-        s = self.settings
-        return jiio_attack(
-            self.model,
-            params,
-            images.astype(F32),
-            labels,
-            threat_sets(images, radius, s.norm, s.clip_pixels),
-            solver,
-            dropout_masks=dmasks,
-            trajectory_keys=trajectory_keys,
-            adjoint_init_scale=adjoint_init_scale,
-        )
+        """The JIIO attack, one augmented solve per image (vmapped) of ``inner_problem``.
+
+        Args:
+          params: the classifier's parameters; the returned ``z`` is differentiable w.r.t. them
+            by the implicit function theorem (``delta*`` is a constant: Danskin).
+          images: ``[B, H, W, C]`` in ``[-1, 1]``; labels: int ``[B]``.
+          radius: threat radius on the ``[-1, 1]`` scale (may be traced).
+          solver: the ``jiio.JIIO`` configuration (normalised steps, ``step_scale`` set).
+          dmasks: per-sample variational dropout masks or ``None``.
+          trajectory_keys: ``[B]`` keys for the Jacobian-penalty trajectory samples, or ``None``.
+          adjoint_init_scale: warm start of the implicit backward (``jiio.solve``).
+
+        Returns:
+          The batched ``JIIOSolution``; ``x`` is ``delta*`` ``[B, H, W, C]``, ``cost`` is ``-CE``.
+        """
+
+        def one(image, label, dmask, key):
+            example = {"image": image, "label": label, "radius": radius, "dropout_mask": dmask}
+            p = self.inner_problem(params, example)
+            return jiio.solve(
+                p.f, p.cost, p.z0, p.x0, *p.args,
+                solver=solver, projection=p.projection, trajectory_key=key,
+                adjoint_init_scale=adjoint_init_scale,
+            )  # fmt: skip
+
+        return jax.vmap(one)(images, labels, dmasks, trajectory_keys)
 
     def _jiio_outputs(
         self,
@@ -257,12 +299,12 @@ class AdversarialTask(Task):
             traj_keys = None
             if jac_key is not None and s.jac_at_trajectory:
                 traj_keys = jax.random.split(k_attack, b)
-            sol = self._jiio(
+            sol = self.jiio_attack(
                 params,
                 images,
                 labels,
                 radius=radius,
-                solver=s.jiio.build(radius * self.step_scale),
+                solver=dataclasses.replace(s.jiio, step_scale=radius * self.step_scale),
                 dmasks=dmasks,
                 trajectory_keys=traj_keys,
                 adjoint_init_scale=-1.0 / b if s.warm_start else None,
@@ -298,7 +340,7 @@ class AdversarialTask(Task):
         delta_norm = jnp.sqrt(jnp.sum(jnp.square(delta), axis=(1, 2, 3)))
         metrics = {
             "ce": _mean(ce),
-            "acc": _mean(_accuracy(logits, labels)),
+            "acc": _mean(accuracy(logits, labels)),
             "jac_loss": jac_loss,
             # On the [0, 1] scale, comparable with epsilon (L2 norm, whatever the threat norm).
             "delta_l2": _mean(delta_norm) / 2.0,
@@ -322,7 +364,7 @@ class AdversarialTask(Task):
         stacked = jnp.concatenate([images, images + d_pgd, images + d_jiio])
         logits, sol, _ = self._forward(params, stacked)
         labels3 = jnp.tile(labels, 3)
-        acc, ce = _accuracy(logits, labels3), cross_entropy(logits, labels3)
+        acc, ce = accuracy(logits, labels3), cross_entropy(logits, labels3)
         return {
             "clean_acc": acc[:b],
             "clean_ce": ce[:b],
@@ -341,7 +383,9 @@ class AdversarialTask(Task):
 
     def _eval_jiio(self, params, images, labels) -> jax.Array:
         """Eval-mode JIIO-attack perturbations ``[B, H, W, C]``."""
-        sol = self._jiio(params, images, labels, radius=self.eval_radius, solver=self.eval_jiio)
+        sol = self.jiio_attack(
+            params, images, labels, radius=self.eval_radius, solver=self.eval_jiio
+        )
         return jax.lax.stop_gradient(sol.x)
 
     def images(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, Any]:

@@ -12,9 +12,9 @@ is dropped with ``clip_pixels=False``). ``ThreatSet`` is the Euclidean projectio
   (L2) or ``sign(g_k)`` (linf), ``g_k`` the gradient of the CE through a DEQ forward solve and
   its implicit backward (``MDEQClassifier.solve``), ``k`` steps from ``delta_0 = 0`` (or a
   random point of the ball).
-- ``jiio_attack``: ``jiio.solve`` on ``min_delta -CE`` s.t. ``z = f(z, inject(x + delta))``
-  with normalised steps and the projection ``Pi_S`` (the paper's attack), one augmented
-  fixed-point solve per image.
+- the JIIO attack: ``jiio.solve`` on ``attack_problem``, ``min_delta -CE`` s.t.
+  ``z = f(z, inject(x + delta))``, with normalised steps and the projection ``Pi_S`` (the paper's
+  attack), one augmented fixed-point solve per image (``AdversarialTask.jiio_attack``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jiio_jax import jiio
 from jiio_jax.configs.adversarial import NORMS
+from jiio_jax.losses import cross_entropy
 from jiio_jax.models.mdeq import MDEQClassifier
 
 PyTree = Any
@@ -155,8 +155,7 @@ def attack_problem(model: MDEQClassifier) -> tuple[Callable, Callable]:
 
     def cost(z, delta, inj, cell, head, dmask, image, label):
         del delta, inj, cell, dmask, image
-        logp = jax.nn.log_softmax(model.head(z, head).astype(F32))
-        return logp[label].astype(z[0].dtype)
+        return -cross_entropy(model.head(z, head), label).astype(z[0].dtype)
 
     return f, cost
 
@@ -165,12 +164,6 @@ def step_scale(norm: str, image_shape: tuple[int, ...]) -> float:
     """L2 length of a unit normalised step: 1 (l2) or ``sqrt(#pixels)`` (linf), so that a linf
     step of relative size ``s`` has RMS entry ``s * r``, like a sign step of size ``s * r``."""
     return 1.0 if norm == "l2" else math.sqrt(math.prod(image_shape))
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example CE ``[B]`` of logits ``[B, K]`` and int labels ``[B]`` (float32)."""
-    logp = jax.nn.log_softmax(logits.astype(F32), axis=-1)
-    return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
 def random_start(key: jax.Array, threats: ThreatSet, shape: tuple[int, ...]) -> jax.Array:
@@ -233,59 +226,3 @@ def pgd_attack(
         return project(threats, delta + alpha * d)
 
     return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, step, delta))
-
-
-def jiio_attack(
-    model: MDEQClassifier,
-    params: PyTree,
-    images: jax.Array,
-    labels: jax.Array,
-    threats: ThreatSet,
-    solver: jiio.JIIO,
-    *,
-    dropout_masks: PyTree = None,
-    trajectory_keys: jax.Array | None = None,
-    adjoint_init_scale: float | None = None,
-) -> jiio.JIIOSolution:
-    r"""The JIIO attack, one augmented solve per image (vmapped).
-
-    .. math:: \min_{\delta\in S(x)}\ -\mathrm{CE}\big(h(z^*), y\big)\quad\text{s.t.}\quad
-              z^* = f_\theta\big(z^*, \mathrm{inject}(x + \delta)\big)
-
-    from ``(z, delta, mu) = 0`` with the normalised steps of ``solver`` (build it with
-    ``normalize_step=True``) and ``Pi_S`` after every step (and after every extrapolation).
-
-    Args:
-      model: the classifier (its ``inject``, ``cell`` and ``head``).
-      params: ``{"injection", "cell", "head"}``; the returned ``z`` is differentiable w.r.t.
-        them by the implicit function theorem (``delta*`` is a constant: Danskin).
-      images: ``[B, H, W, C]`` in ``[-1, 1]``; labels: int ``[B]``.
-      threats: batched ``ThreatSet``.
-      solver: the ``jiio.JIIO`` configuration.
-      dropout_masks: per-sample variational dropout masks (``[B, C_i]`` per branch) or ``None``.
-      trajectory_keys: ``[B]`` keys for the Jacobian-penalty trajectory samples, or ``None``.
-      adjoint_init_scale: warm start of the implicit backward (``jiio.solve``).
-
-    Returns:
-      The batched ``JIIOSolution``; ``x`` is ``delta*`` ``[B, H, W, C]``, ``cost`` is ``-CE``.
-    """
-
-    f, cost = attack_problem(model)
-    z0 = model.z0(F32)
-
-    def one(image, label, threat, dmask, key):
-        delta0 = jnp.zeros(image.shape, F32)
-        args = (params["injection"], params["cell"], params["head"], dmask, image, label)
-        return jiio.solve(
-            f,
-            cost,
-            z0,
-            delta0,
-            *args,
-            solver=solver,
-            projection=threat,
-            trajectory_key=key,
-            adjoint_init_scale=adjoint_init_scale,
-        )
-
-    return jax.vmap(one)(images, labels, threats, dropout_masks, trajectory_keys)

@@ -13,13 +13,42 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 
+from jiio_jax import data as data_lib
+
 PyTree = Any
 Metrics = dict[str, jax.Array]
+
+
+class InnerProblem(NamedTuple):
+    r"""A task's inner problem for a batch, in ``jiio_jax.jiio.solve``'s convention.
+
+    For each example ``b``: :math:`\min_{x \in S_b} \mathrm{cost}(z^*, x, *\mathrm{args}_b)`
+    s.t. :math:`z^* = f(z^*, x, *\mathrm{args}_b)`. ``f`` and ``cost`` are per example; ``args``
+    and ``projection`` carry a leading batch axis (vmap them), ``z0`` and ``x0`` do not. So every
+    inner solver (JIIO, inner Adam, PGD, projected Adam) runs on the same problem::
+
+        jax.vmap(lambda a, p: jiio.solve(f, cost, z0, x0, *a, solver=..., projection=p))(
+            args, projection)
+
+    Attributes:
+      f: ``f(z, x, *args) -> z``.
+      cost: ``cost(z, x, *args) -> []``.
+      z0, x0: the starting state and input of one example.
+      args: tuple of batched arguments (parameters are broadcast along the batch axis).
+      projection: a batched projection onto each example's feasible set, or ``None``.
+    """
+
+    f: Callable
+    cost: Callable
+    z0: PyTree
+    x0: PyTree
+    args: tuple
+    projection: Any
 
 
 class Task(abc.ABC):
@@ -59,6 +88,30 @@ class Task(abc.ABC):
         Optional."""
         del params, batch, rng
         return {}
+
+    def inner_problem(self, params: PyTree, batch: dict[str, jax.Array]) -> InnerProblem:
+        """The inner problem of ``batch`` (eval mode): ``(f, cost, z0, x0, args, projection)``.
+
+        What training solves inside ``loss`` (there with training-only extras such as dropout
+        masks), what the evaluations re-solve and the benchmarks time. Tasks without an inner
+        optimisation raise ``NotImplementedError``.
+        """
+        del params, batch
+        raise NotImplementedError(f"{type(self).__name__} has no inner problem.")
+
+    # -- data: the training loop reads the task's data through these two -------------------------
+    def dataset_info(self) -> Any:
+        """Shapes and sizes of the data (the loop reads ``image_shape`` and ``num_test``);
+        by default ``jiio_jax.data.dataset_info(config.data)``."""
+        return data_lib.dataset_info(self.config.data)
+
+    def make_iterator(self, split: str, batch_size: int, **kwargs: Any):
+        """Batches of ``split`` (dicts with an ``"image"`` array, leading axis the batch);
+        ``kwargs`` as ``jiio_jax.data.make_iterator`` (``seed``, ``shuffle``, ``repeat``,
+        ``drop_remainder``, ``process_index``, ``process_count``). By default
+        ``jiio_jax.data.make_iterator`` on ``config.data``; a task with other batches
+        (meta-learning episodes) overrides both hooks."""
+        return data_lib.make_iterator(self.config.data, split, batch_size, **kwargs)
 
 
 _REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {}

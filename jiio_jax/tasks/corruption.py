@@ -1,4 +1,4 @@
-r"""Corruptions of the inverse problems (inpainting, denoising) and the PSNR metric.
+r"""Corruptions of the inverse problems (inpainting, denoising); the PSNR is ``jiio_jax.losses``.
 
 An inverse problem observes ``y = m * x + n`` of a clean image ``x`` (``[-1, 1]`` scale) and
 recovers ``x``; the inner JIIO cost sees only the observed pixels,
@@ -25,9 +25,6 @@ import jax
 import jax.numpy as jnp
 
 CORRUPTIONS = ("none", "inpaint", "denoise")
-
-_MIN_MSE = 1e-10
-"""Floor of the per-image MSE in ``psnr`` (caps a perfect reconstruction at 100 dB)."""
 
 
 class Observation(NamedTuple):
@@ -103,28 +100,6 @@ def corrupt(
         noise = jax.random.normal(key, images.shape, dtype)
         return Observation(images + jnp.asarray(noise_sigma, dtype) * noise, ones)
     raise ValueError(f"config.model.corruption={kind!r} must be one of {CORRUPTIONS}.")
-
-
-def psnr(pred: jax.Array, target: jax.Array) -> jax.Array:
-    r"""Per-image PSNR in dB on the ``[0, 1]`` scale of images given on the ``[-1, 1]`` scale.
-
-    .. math:: \mathrm{PSNR}_b = -10 \log_{10} \operatorname{mean}_p
-              \big((\hat x_{bp}/2 + 1/2) - (x_{bp}/2 + 1/2)\big)^2
-
-    (peak 1 on a range of 1). The reference instead averages batch MSEs on the ``[-1, 1]`` scale
-    with peak 1, which reads about 6.02 dB lower (``JIIO_REFERENCE.md`` §5.1). The MSE is
-    floored at 1e-10 so identical images give 100 dB rather than ``inf``.
-
-    Args:
-      pred: ``[B, H, W, C]`` in ``[-1, 1]``.
-      target: ``[B, H, W, C]`` in ``[-1, 1]``.
-
-    Returns:
-      ``[B]`` PSNR values.
-    """
-    diff = (pred - target) / 2
-    mse = jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
-    return -10.0 * jnp.log10(jnp.maximum(mse, _MIN_MSE))
 
 
 def to_unit(images: jax.Array) -> jax.Array:

@@ -60,9 +60,10 @@ from jiio_jax import jacobian, jiio, plotting
 from jiio_jax.configs import common as cc
 from jiio_jax.configs import generative as gc
 from jiio_jax.jiio import JIIOSolution
+from jiio_jax.losses import psnr
 from jiio_jax.models.mdeq import MDEQGenerator
-from jiio_jax.tasks.base import Metrics, PyTree, Task, register_task
-from jiio_jax.tasks.corruption import CORRUPTIONS, Observation, corrupt, psnr, to_unit
+from jiio_jax.tasks.base import InnerProblem, Metrics, PyTree, Task, register_task
+from jiio_jax.tasks.corruption import CORRUPTIONS, Observation, corrupt, to_unit
 from jiio_jax.tasks.vae import ConvEncoder, kl_divergence, kl_weight
 
 F32 = jnp.float32
@@ -102,13 +103,13 @@ class GenerativeTask(Task):
         self.num_image_examples = cc.check_int("num_image_examples", m.num_image_examples, 1)
         self.num_samples = cc.check_int("num_samples", m.num_samples, 1)
         self.sample_ridge = cc.check_float("sample_ridge", m.sample_ridge, positive=False)
-        self.warm_start = bool(m.backward.warm_start)
-        backward = cc.build_backward(m.backward)
+        self.warm_start = cc.check_bool("warm_start", m.warm_start)
+        backward = cc.backward("model.backward", m.backward)
         self.model = MDEQGenerator(
-            self.arch, solver=cc.build_solver(m.forward, "forward"), backward=backward
+            self.arch, solver=cc.solver("model.forward", m.forward), backward=backward
         )
         if self.method == "jiio":
-            self.jiio = cc.build_jiio(m.jiio, backward)
+            self.jiio = cc.splat("model.jiio", jiio.JIIO, m.jiio, backward=backward)
         else:
             v = m.vae
             channels = tuple(
@@ -149,8 +150,50 @@ class GenerativeTask(Task):
     def _observe(self, key: jax.Array, images: jax.Array) -> Observation:
         return corrupt(key, images, self.corruption, hole=self.hole, noise_sigma=self.noise_sigma)
 
+    def inner_problem(self, params: PyTree, batch: dict[str, jax.Array]) -> InnerProblem:
+        r"""JIIO's problem for ONE image (vmap it over a batch): the latent ``x`` minimising
+        ``sum_p (m_p (h(z*)_p - y_p))^2 + lambda ||x||^2`` s.t. ``z* = f(z*, inject(x))``.
+
+        Args:
+          params: ``{"decoder": ...}``; passed in ``args`` (not closed over) so that the
+            implicit gradient reaches them.
+          batch: one example: ``"image"`` the observation ``y`` ``[H, W, C]``, optionally
+            ``"mask"`` ``[H, W, 1]`` (default: every pixel observed) and, in training,
+            ``"dropout_mask"`` (the decoder's variational dropout masks).
+
+        Returns:
+          ``InnerProblem``: ``f`` and ``cost`` take ``(z, x, inj, cell, dmask, head, target,
+          mask)``; ``z0`` the zero state, ``x0`` the zero latent, no projection.
+        """
+        model, penalty = self.model, self.latent_penalty
+        dec = params["decoder"]
+
+        # f and the cost take the same trailing args (jiio.solve's convention); passing the
+        # parameters explicitly lets the implicit gradient reach them.
+        def f(z, x, inj, cell, dmask, head, target, mask):
+            del head, target, mask
+            cin = model.inject(x, inj)
+            if dmask is not None:
+                cin = cin._replace(dropout_mask=dmask)
+            return model.cell(z, cin, cell)
+
+        def cost(z, x, inj, cell, dmask, head, target, mask):
+            del inj, cell, dmask
+            fit = jnp.sum(jnp.square(mask * (model.head(z, head) - target)))
+            if penalty:
+                fit = fit + penalty * jnp.sum(jnp.square(x))
+            return fit
+
+        target = batch["image"]
+        mask = batch.get("mask")
+        if mask is None:
+            mask = jnp.ones((*target.shape[:-1], 1), target.dtype)
+        args = (dec["injection"], dec["cell"], batch.get("dropout_mask"), dec["head"], target, mask)
+        x0 = jnp.zeros((self.arch.latent_dim,), F32)
+        return InnerProblem(f, cost, model.z0(F32), x0, args, None)
+
     def _solve_jiio(
-        self, dec: PyTree, obs: Observation, key: jax.Array, *, train: bool
+        self, params: PyTree, obs: Observation, key: jax.Array, *, train: bool
     ) -> tuple[jax.Array, JIIOSolution, jax.Array]:
         """JIIO per image of the batch.
 
@@ -168,36 +211,19 @@ class GenerativeTask(Task):
         if use_dropout:
             dmasks = jax.vmap(lambda k: model.dropout_masks(k, F32))(jax.random.split(k_drop, b))
 
-        # f and the cost take the same trailing args (jiio.solve's convention); passing the
-        # parameters explicitly lets the implicit gradient reach them.
-        def f(z, x, inj, cell, dmask, head, target, mask):
-            del head, target, mask
-            cin = model.inject(x, inj)
-            if dmask is not None:
-                cin = cin._replace(dropout_mask=dmask)
-            return model.cell(z, cin, cell)
-
-        penalty = self.latent_penalty
-
-        def cost(z, x, inj, cell, dmask, head, target, mask):
-            del inj, cell, dmask
-            fit = jnp.sum(jnp.square(mask * (model.head(z, head) - target)))
-            if penalty:
-                fit = fit + penalty * jnp.sum(jnp.square(x))
-            return fit
-
-        z0 = model.z0(F32)
-        x0 = jnp.zeros((self.arch.latent_dim,), F32)
         # mu* is the adjoint of the summed per-image cost; the loss averages over B*C*H*W.
         scale = 1.0 / (b * obs.image[0].size) if self.warm_start else None
 
         def one(target, mask, dmask, k_t, k_j):
-            args = (dec["injection"], dec["cell"], dmask, dec["head"], target, mask)
+            problem = self.inner_problem(
+                params, {"image": target, "mask": mask, "dropout_mask": dmask}
+            )
+            f, args = problem.f, problem.args
             sol = jiio.solve(
                 f,
-                cost,
-                z0,
-                x0,
+                problem.cost,
+                problem.z0,
+                problem.x0,
                 *args,
                 solver=self.jiio,
                 trajectory_key=k_t if use_trajectory else None,
@@ -206,7 +232,7 @@ class GenerativeTask(Task):
             frozen = jax.lax.stop_gradient(args)
             f_star = f(jax.lax.stop_gradient(sol.z), sol.x, *frozen)
             z_hat = jax.tree.map(lambda zi, fi: zi + jax.lax.stop_gradient(fi - zi), sol.z, f_star)
-            out = model.head(z_hat, dec["head"])
+            out = model.head(z_hat, params["decoder"]["head"])
             if use_jac:
                 if use_trajectory:
                     z_t, x_t = sol.trajectory_sample
@@ -252,7 +278,7 @@ class GenerativeTask(Task):
         k_obs, k_model = jax.random.split(rng)
         obs = self._observe(k_obs, clean)
         if self.method == "jiio":
-            out, sol, jac = self._solve_jiio(params["decoder"], obs, k_model, train=True)
+            out, sol, jac = self._solve_jiio(params, obs, k_model, train=True)
             mse = jnp.mean(jnp.square(out - clean))
             jac_loss = jnp.mean(jac)
             metrics = {
@@ -286,7 +312,7 @@ class GenerativeTask(Task):
         k_obs, k_model = jax.random.split(rng)
         obs = self._observe(k_obs, clean)
         if self.method == "jiio":
-            out, sol, _ = self._solve_jiio(params["decoder"], obs, k_model, train=False)
+            out, sol, _ = self._solve_jiio(params, obs, k_model, train=False)
             return obs, out, sol.x, sol.z_residual
         out, info, mean, _ = self._run_vae(params, obs, k_model, train=False)
         return obs, out, mean, info.residual

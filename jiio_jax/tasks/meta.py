@@ -50,7 +50,7 @@ import ml_collections
 import optax
 
 from jiio_jax import jacobian, jiio
-from jiio_jax.configs.common import build_backward, build_jiio, build_solver
+from jiio_jax.configs import common as cc
 from jiio_jax.configs.meta import (
     METHODS,
     build_adam,
@@ -66,10 +66,11 @@ from jiio_jax.data.episodes import (
     make_episode_iterator,
     read_episode_config,
 )
+from jiio_jax.losses import accuracy
 from jiio_jax.models import injections
 from jiio_jax.models.cell import CellInput
 from jiio_jax.models.mdeq import MDEQMetaLearner
-from jiio_jax.tasks.base import Metrics, PyTree, Task, register_task
+from jiio_jax.tasks.base import InnerProblem, Metrics, PyTree, Task, register_task
 from jiio_jax.tasks.meta_adam import projected_adam_rows
 
 F32 = jnp.float32
@@ -103,13 +104,13 @@ class InnerResult(NamedTuple):
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy in float32 (``[..., n_way]``, ``[...]`` -> ``[...]``)."""
+    """Per-example softmax cross-entropy in float32 (``[..., n_way]``, ``[...]`` -> ``[...]``).
+
+    The same quantity as ``jiio_jax.losses.cross_entropy`` by optax's formula (they differ in
+    the last bit); kept until the meta results are re-run, as the JIIO inner solve amplifies
+    float-level differences (see ``configs/digits_meta.py``).
+    """
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(F32), labels)
-
-
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of argmax predictions equal to ``labels`` (float32 scalar)."""
-    return jnp.mean((jnp.argmax(logits, -1) == labels).astype(F32))
 
 
 @register_task("meta")
@@ -131,11 +132,11 @@ class MetaTask(Task):
         self.context_l2 = check_float("context_l2", m.context_l2, positive=False)
         self.jac_weight = check_float("jac_weight", m.jac_weight, positive=False)
         self.jac_probes = check_int("jac_probes", m.jac_probes, 1)
-        backward = build_backward(m.backward)
+        backward = cc.backward("model.backward", m.backward)
         self.model = MDEQMetaLearner(
-            self.arch, solver=build_solver(m.forward, "forward"), backward=backward
+            self.arch, solver=cc.solver("model.forward", m.forward), backward=backward
         )
-        self.jiio = build_jiio(m.jiio, backward)
+        self.jiio = cc.splat("model.jiio", jiio.JIIO, m.jiio, backward=backward)
         self.adam = build_adam(m.adam)
         self.num_support = self.data.n_way * self.data.k_shot
         # Builds the class pools now, so a split too small for n_way fails at construction.
@@ -221,30 +222,46 @@ class MetaTask(Task):
         Returns:
           An ``InnerResult`` with a leading episode axis ``B``.
         """
-        s = labels.shape[1]
-        z0 = jax.tree.map(lambda a: jnp.zeros((s, *a.shape), F32), self.model.z0(F32))
-        v0 = jnp.zeros((self.arch.context_dim,), F32)
 
         def one(im, lab, key):
-            return self._adapt_one(params, im, lab, z0, v0, method, key)
+            return self._adapt_one(params, im, lab, method, key)
 
         return jax.vmap(one)(images.astype(F32), labels, keys)
 
-    def _adapt_one(self, params, images, labels, z0, v0, method, key) -> InnerResult:
+    def inner_problem(self, params: PyTree, batch: dict[str, jax.Array]) -> InnerProblem:
+        """ONE episode's adaptation problem (vmap it over episodes): the context ``v`` minimising
+        ``support_cost`` s.t. every support state is an equilibrium of ``support_map``.
+
+        Args:
+          params: model parameters, used as constants (no gradient through the adaptation).
+          batch: the episode's support set: ``"image"`` ``[S, H, W, 1]``, ``"label"`` ``[S]``.
+
+        Returns:
+          ``InnerProblem``: ``args = (stems, injection, cell, head, labels)``, ``z0`` the ``S``
+          stacked zero states, ``x0 = v = 0``, no projection.
+        """
         p = jax.lax.stop_gradient(params)
-        stems = self.stems(images, p["injection"])
+        labels = batch["label"]
+        z0 = jax.tree.map(lambda a: jnp.zeros((labels.shape[0], *a.shape), F32), self.model.z0(F32))
+        v0 = jnp.zeros((self.arch.context_dim,), F32)
+        stems = self.stems(batch["image"], p["injection"])
         args = (stems, p["injection"], p["cell"], p["head"], labels)
+        return InnerProblem(self.support_map, self.support_cost, z0, v0, args, None)
+
+    def _adapt_one(self, params, images, labels, method, key) -> InnerResult:
+        problem = self.inner_problem(params, {"image": images, "label": labels})
+        stems, inj, cell, head, _ = problem.args
         if method == "jiio":
             sol = jiio.solve(
-                self.support_map, self.support_cost, z0, v0, *args,
+                problem.f, problem.cost, problem.z0, problem.x0, *problem.args,
                 solver=self.jiio, trajectory_key=key,
             )  # fmt: skip
             steps = fevals = sol.num_steps
             trajectory = sol.trajectory_sample
         else:
             sol = projected_adam_rows(
-                self._support_row, self._rows_cost, z0, v0, (stems, labels),
-                (p["injection"], p["cell"], p["head"]),
+                self._support_row, self._rows_cost, problem.z0, problem.x0, (stems, labels),
+                (inj, cell, head),
                 num_steps=self.adam.num_steps, learning_rate=self.adam.learning_rate,
                 solver=self.adam.solver,
             )  # fmt: skip
@@ -252,12 +269,12 @@ class MetaTask(Task):
             fevals = sol.forward_steps // labels.shape[0]  # per support example, as JIIO's
             trajectory = (sol.z, sol.x) if key is not None else None
         z = jax.lax.stop_gradient(sol.z)
-        logits = jax.vmap(self.model.head, in_axes=(0, None))(z, p["head"])
+        logits = jax.vmap(self.model.head, in_axes=(0, None))(z, head)
         return InnerResult(
             context=jax.lax.stop_gradient(sol.x),
             z=z,
             support_loss=jnp.mean(cross_entropy(logits, labels)),
-            support_acc=accuracy(logits, labels),
+            support_acc=jnp.mean(accuracy(logits, labels)),
             cost=sol.cost.astype(F32),
             steps=steps,
             fevals=fevals,
@@ -372,7 +389,7 @@ class MetaTask(Task):
             )
         per_episode = {
             "query_loss": jnp.mean(cross_entropy(logits, q_lab), axis=-1),
-            "query_acc": jax.vmap(accuracy)(logits, q_lab),
+            "query_acc": jnp.mean(accuracy(logits, q_lab), axis=-1),
             "query_steps": jnp.mean(q_steps.astype(F32), axis=-1),
             "support_loss": inner.support_loss,
             "support_acc": inner.support_acc,
@@ -408,10 +425,10 @@ class MetaTask(Task):
         logits = logits.reshape(len(contexts), b, *logits.shape[1:])
         metrics = {}
         for method, inner, out in zip(self.eval_methods, inners, logits, strict=False):
-            metrics[f"query_acc_{method}"] = jax.vmap(accuracy)(out[:, s:], q_lab)
+            metrics[f"query_acc_{method}"] = jnp.mean(accuracy(out[:, s:], q_lab), axis=-1)
             metrics[f"query_loss_{method}"] = jnp.mean(cross_entropy(out[:, s:], q_lab), -1)
             metrics[f"support_loss_{method}"] = inner.support_loss
             metrics[f"inner_steps_{method}"] = inner.steps.astype(F32)
         metrics["support_loss_unadapted"] = jnp.mean(cross_entropy(logits[-1, :, :s], s_lab), -1)
-        metrics["query_acc_unadapted"] = jax.vmap(accuracy)(logits[-1, :, s:], q_lab)
+        metrics["query_acc_unadapted"] = jnp.mean(accuracy(logits[-1, :, s:], q_lab), axis=-1)
         return metrics

@@ -28,7 +28,6 @@ checkpoint on disk is always a good state.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,6 @@ import numpy as np
 import optax
 from absl import logging
 
-from jiio_jax import data as data_lib
 from jiio_jax import plotting
 from jiio_jax.tasks import Task, get_task
 from jiio_jax.train import checkpoint as ckpt_lib
@@ -146,20 +144,10 @@ def _close(iterator: Any) -> None:
 
 
 def _task_data(task: Task, config: ml_collections.ConfigDict) -> tuple[Any, Callable]:
-    """``(dataset_info, make_iterator)`` of the task's data.
-
-    By default ``jiio_jax.data`` on ``config.data``. A task whose batches are not image batches
-    (meta-learning episodes) brings its own by defining ``dataset_info()`` (the loop reads
-    ``image_shape`` and ``num_test``) and ``make_iterator(split, batch_size, *, seed, shuffle,
-    repeat, drop_remainder, process_index, process_count)`` with the meaning of
-    ``jiio_jax.data.make_iterator``; its batches are dicts with an ``"image"`` array whose
-    leading axis is the batch.
-    """
-    if callable(getattr(task, "make_iterator", None)):
-        return task.dataset_info(), task.make_iterator
-    return data_lib.dataset_info(config.data), functools.partial(
-        data_lib.make_iterator, config.data
-    )
+    """``(dataset_info, make_iterator)`` of the task's data: the ``Task`` data hooks (by
+    default ``jiio_jax.data`` on ``config.data``; meta-learning brings its episodes)."""
+    del config
+    return task.dataset_info(), task.make_iterator
 
 
 def _every(step: int, every: int, last: int) -> bool:

@@ -1,0 +1,45 @@
+"""``jiio_jax.losses``: one meaning per name, per example, against closed forms."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from jiio_jax import losses
+from jiio_jax.tasks import meta
+
+
+def _logits_labels(shape=(3, 5, 7), seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=shape).astype(np.float32) * 3
+    labels = rng.integers(0, shape[-1], size=shape[:-1])
+    return logits, labels
+
+
+def test_cross_entropy_is_per_example_log_sum_exp_minus_label_logit():
+    logits, labels = _logits_labels()
+    got = np.asarray(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels)))
+    x = logits.astype(np.float64)
+    lse = np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1)) + x.max(-1)
+    expected = lse - np.take_along_axis(x, labels[..., None], -1)[..., 0]
+    assert got.shape == labels.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    # The meta task's optax form is the same quantity (to float32 rounding).
+    np.testing.assert_allclose(
+        np.asarray(meta.cross_entropy(jnp.asarray(logits), jnp.asarray(labels))), got, atol=1e-5
+    )
+
+
+def test_accuracy_is_per_example():
+    logits = jnp.asarray([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    labels = jnp.asarray([1, 2, 2])
+    got = np.asarray(losses.accuracy(logits, labels))
+    np.testing.assert_array_equal(got, [1.0, 0.0, 1.0])
+    assert got.dtype == np.float32
+    batched = losses.accuracy(jnp.stack([logits, logits]), jnp.stack([labels, labels]))
+    assert batched.shape == (2, 3)
+
+
+def test_psnr_on_the_unit_scale_with_a_floor():
+    target = jnp.zeros((2, 4, 4, 1))
+    pred = target.at[0].set(0.2)  # [-1, 1] scale: an error of 0.1 on [0, 1], 20 dB
+    got = np.asarray(losses.psnr(pred, target))
+    np.testing.assert_allclose(got, [20.0, 100.0], rtol=1e-5)
