@@ -135,7 +135,7 @@ def test_bad_arguments():
         fixed_point(contractive, jnp.zeros(D), W, x, on_failure="warn")
     with pytest.raises(ValueError, match="failure_ratio"):
         fixed_point(contractive, jnp.zeros(D), W, x, failure_ratio=0.5)
-    with pytest.raises(TypeError, match=r"instance such as Anderson\(\)"):
+    with pytest.raises(TypeError, match=r"pass an instance, e.g. Anderson\(\)"):
         fixed_point(contractive, jnp.zeros(D), W, x, solver=solvers.Anderson)
     with pytest.raises(TypeError, match=r"instance such as Implicit\(\)"):
         fixed_point(contractive, jnp.zeros(D), W, x, backward=deq.Implicit)

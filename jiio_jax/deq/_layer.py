@@ -38,7 +38,7 @@ from jax.extend import core as jex_core
 
 from jiio_jax.deq import backward as bw
 from jiio_jax.solvers import Anderson
-from jiio_jax.solvers._base import Solution, Status, as_state, check_output_shapes
+from jiio_jax.solvers.core import Solution, Status, as_state, check_output_shapes, check_solver
 
 PyTree = Any
 ON_FAILURE = ("ignore", "nan", "raise")
@@ -313,13 +313,7 @@ def _check_common(solver, backward, on_failure, failure_ratio):
         )
     backward = bw.resolve_backward(backward)
     if solver is not None:
-        if isinstance(solver, type):
-            raise TypeError(
-                f"`solver` must be a solver instance such as {solver.__name__}(), got the class "
-                "itself."
-            )
-        if not callable(solver):
-            raise TypeError(f"`solver` must be a solver configuration, got {solver!r}.")
+        check_solver(solver, "solver")
     if on_failure not in ON_FAILURE:
         raise ValueError(f"`on_failure` must be one of {ON_FAILURE}, got {on_failure!r}.")
     try:

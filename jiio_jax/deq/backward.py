@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jiio_jax.solvers import Anderson
-from jiio_jax.solvers._base import check_positive_float, check_positive_int
+from jiio_jax.solvers.core import check_positive_float, check_positive_int, check_solver
 
 PyTree = Any
 # Called as report(solution, kind) by the layer: applies ``on_failure`` to the solve of the
@@ -115,11 +115,7 @@ class Implicit:
 
             solver = solvers.resolve(dict(solver))
             object.__setattr__(self, "solver", solver)
-        if isinstance(solver, type) or not callable(solver):
-            raise TypeError(
-                "`Implicit.solver` must be a solver instance such as Anderson(max_steps=60, "
-                f"tol=1e-6), got {solver!r}."
-            )
+        check_solver(solver, "Implicit.solver")
         if self.init not in ("cotangent", "zeros"):
             raise ValueError(f"`init` must be 'cotangent' or 'zeros', got {self.init!r}.")
         if self.callback is not None and not callable(self.callback):
