@@ -9,7 +9,8 @@ Rerunning with the same ``--workdir`` resumes from its latest checkpoint. The wo
 ``config.json`` records the run's config: a rerun must use the same config, except for the
 loop's cadence fields (``num_train_steps``, ``log_every``, ``eval_every``,
 ``checkpoint_every``, ...), whose changes are recorded in ``config_history.jsonl``. Ctrl-C or
-SIGTERM saves a checkpoint at the current step; rerun the same command to resume.
+SIGTERM saves a checkpoint at the current step; rerun the same command to resume. A checkpoint
+that cannot be read stops the run with one line naming it and the previous readable step.
 
 Multi-process (one command per process; all share ``--workdir``)::
 
