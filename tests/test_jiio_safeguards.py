@@ -109,10 +109,13 @@ def test_guard_fields_validate():
 # -- the accelerator's safeguard ---------------------------------------------------------------
 
 
-def test_safeguarded_path_without_restarts_equals_the_reference(params):
+@pytest.mark.parametrize("anderson_type", ["type1", "type2"])
+def test_safeguarded_path_without_restarts_equals_the_reference(params, anderson_type):
     """The safeguard's slot mask (``index >= start``) equals the reference's ``k < m`` mask
     when no restart fires."""
-    base = jiio.JIIO(step_size=0.05, max_steps=30, no_worse_than_start=False)
+    base = jiio.JIIO(
+        step_size=0.05, max_steps=30, no_worse_than_start=False, anderson_type=anderson_type
+    )
     ref = jax.jit(solve, static_argnums=0)(base, params)
     never = jax.jit(solve, static_argnums=0)(dataclasses.replace(base, stall_steps=1000), params)
     np.testing.assert_allclose(np.asarray(never.x), np.asarray(ref.x), rtol=0, atol=1e-13)
@@ -148,6 +151,12 @@ def test_safeguarded_jiio_still_reaches_the_tolerance(params):
     assert int(sol.status) == int(ref.status) == Status.CONVERGED
     assert int(sol.num_steps) != int(ref.num_steps)  # the safeguard changed the iteration
     np.testing.assert_allclose(np.asarray(sol.x), np.asarray(ref.x), atol=1e-7)
+    # Type-II through the solvers' AndersonCore: restarts change the run, which stays finite.
+    type2 = dataclasses.replace(cfg, anderson_type="type2", tol=None, max_steps=60)
+    sol2 = jax.jit(solve, static_argnums=0)(type2, params)
+    ref2 = jax.jit(solve, static_argnums=0)(dataclasses.replace(type2, stall_steps=0), params)
+    assert not np.array_equal(np.asarray(sol2.residual_trace), np.asarray(ref2.residual_trace))
+    assert np.isfinite(float(sol2.cost)) and float(sol2.cost) <= float(sol2.start_cost)
 
 
 @pytest.mark.parametrize(

@@ -27,9 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jiio_jax.solvers.anderson import _Anderson
-from jiio_jax.solvers.broyden import _Broyden
-from jiio_jax.solvers.fixed_point_iteration import _FPI
+from jiio_jax.solvers import AndersonCore, BroydenCore, FixedPointCore
 
 ACCELERATORS = ("anderson", "broyden", "none")
 ANDERSON_TYPES = ("type1", "type2")
@@ -215,11 +213,11 @@ def make_accelerator(
     max_growth: float = math.inf,
 ):
     """Returns the flat-vector algorithm for a ``JIIO`` configuration (the safeguard applies to
-    Type-I Anderson)."""
+    both Anderson types; Type-II restarts by the solvers' rule, from the best point)."""
     if accelerator == "none":
-        return _FPI(1.0)
+        return FixedPointCore(1.0)
     if accelerator == "broyden":
-        return _Broyden(memory, "restart")
+        return BroydenCore(memory, "restart")
     if anderson_type == "type1":
         return TypeIAnderson(memory, mixing, ridge, stall_steps, max_growth)
-    return _Anderson(memory, mixing, ridge)
+    return AndersonCore(memory, mixing, ridge, stall_steps, max_growth)

@@ -132,7 +132,9 @@ class JIIO:
         stall signal. On the tests' ``tanh`` problem (``tol=1e-9``) the reference converges in
         71 steps, ``stall_steps=10`` in 101, ``stall_steps=3`` not in 1000, ``max_growth=10``
         in 102 at a worse stationary point (cost 5.69 vs 2.69); plain iteration does not
-        converge there at all. Type-II and Broyden are not safeguarded here.
+        converge there at all. Type-II Anderson uses the same fields through
+        ``jiio_jax.solvers.AndersonCore``, whose restart goes back to the best point; Broyden
+        is not safeguarded here.
       accept_first: the reference's 10.
       cost_slack: the reference's 1.3.
       tol: ``None`` (reference: always ``max_steps`` steps), a float (same for the three
