@@ -21,8 +21,8 @@ class AndersonHistory(NamedTuple):
       images: ``[m, n]``; damped images ``x_j + mixing * g_j`` of the stored points.
       residuals: ``[m, n]``; ``g_j = f(x_j) - x_j``.
       gram: ``[m, m]``; ``<g_i, g_j>``, updated one row/column per step.
-      start: int32 ``[]``; index of the first point of the current history (0, or the step of
-        the last restart). Slots holding older points are ignored.
+      start: int32 ``[]``; index of the first point of the current history (0, or the index of
+        the point kept at the last restart). Slots holding older points are ignored.
       best_sq: ``[]``; smallest ``||g_j||^2`` seen.
       stall: int32 ``[]``; evaluations since ``best_sq`` last decreased (or since a restart).
     """
@@ -37,6 +37,9 @@ class AndersonHistory(NamedTuple):
 
 class AndersonCore:
     """The ``core.Algorithm`` of ``anderson`` (flat vectors, one problem); see ``anderson``.
+
+    The defaults (``stall_steps=0``, ``max_growth=inf``) are the unsafeguarded method; the
+    ``Anderson`` configuration and ``anderson`` turn the safeguard on.
 
     Args:
       memory, mixing, ridge: as in ``anderson``.
@@ -94,10 +97,14 @@ class AndersonCore:
         return weights @ hist.images
 
     def observe(self, hist, x, g, x_new, g_new, k):
-        image = x_new + self.mixing * g_new
+        slot = k % self.memory
+        hist = self._store(hist, slot, x_new + self.mixing * g_new, g_new)
         if not self.safeguarded:
-            return self._store(hist, k % self.memory, image, g_new)
-        sq = g_new @ g_new
+            return hist
+        # ||g_new||^2 is the new Gram diagonal entry: no extra pass over the vector. A restart
+        # only moves ``start`` to the new point's index, so the next proposal is the plain damped
+        # step from it and mixing rebuilds from there.
+        sq = jax.lax.dynamic_index_in_dim(hist.gram[slot], slot, keepdims=False)
         improved = sq < hist.best_sq  # False for NaN
         stall = jnp.where(improved, 0, hist.stall + 1)
         restart = jnp.zeros((), bool)
@@ -105,14 +112,11 @@ class AndersonCore:
             restart |= stall >= self.stall_steps
         if self.max_growth < math.inf:
             restart |= sq > (self.max_growth**2) * hist.best_sq
-        # A restart keeps only the new point, so the next proposal is the plain damped step
-        # from it and mixing rebuilds from there.
-        hist = hist._replace(
+        return hist._replace(
             start=jnp.where(restart, k, hist.start),
             best_sq=jnp.where(improved, sq, hist.best_sq),
             stall=jnp.where(restart, 0, stall),
         )
-        return self._store(hist, k % self.memory, image, g_new)
 
 
 class _Anderson(AndersonCore):
@@ -160,16 +164,22 @@ def anderson(
     The Gram matrix is updated by one row/column per step and the small system is solved by
     unrolled elimination, so the per-step overhead is ``O(memory * n)``.
 
-    **Safeguard (restart rule).** Let :math:`b` be the evaluated point with the smallest
-    :math:`\|g_b\|` so far. The history is *restarted* when ``stall_steps`` consecutive
-    evaluations fail to improve on :math:`\|g_b\|`, or when one evaluation's residual exceeds
-    ``max_growth`` times it. A restart forgets the history except :math:`b`, so the next point
-    is the plain damped step :math:`x_b + \beta g_b` from the best point and mixing rebuilds
-    from there. This breaks the stagnation of Anderson's extrapolation on strongly nonlinear
-    maps (e.g. a trained ``tanh`` layer with :math:`\rho(W) > 1` whose fixed point is
-    attracting only through saturation, where unsafeguarded Anderson sat at a constant residual
-    while plain iteration converged). Per problem, in the batched loop, no host syncs; costs
-    a few ``[n]`` selects per step. ``stall_steps=0, max_growth=math.inf`` disables it.
+    **Safeguard (restart rule).** Let :math:`r^\ast` be the smallest :math:`\|g_j\|` of all
+    points evaluated so far. After ``stall_steps`` consecutive evaluations that do not go below
+    :math:`r^\ast` (or one whose :math:`\|g\|` exceeds ``max_growth`` times it; off by
+    default), the history is *restarted*: only the newest point is kept, so the next point is
+    the plain damped step :math:`x_k + \beta g_k` and mixing rebuilds from there. Where the
+    extrapolation helps, residuals keep reaching new lows and the rule never fires (the solver
+    benchmark's f-evaluation counts are unchanged); where it does not, Anderson degrades to
+    short-memory mixing instead of stagnating. This is what unsafeguarded Anderson did on
+    saturated ``tanh`` layers (:math:`\rho(W) > 1`, fixed point attracting only through
+    saturation): it sat at a residual of 2e-2 for 300 steps with memory 5 or 10 where plain
+    iteration converged in 24-63 (``tests/test_solvers_safeguard.py``). ``stall_steps=2`` was
+    picked on such layers: within twice plain iteration's steps on all 7 test layers and 47
+    held-out ones at ``d=64``; 2 of 23 held-out layers at ``d=128`` still took 2.6x and 5.5x
+    (without the safeguard: 5 of 47 and 2 of 23 failed). It is a heuristic, not a guarantee.
+    Per problem inside the batched loop, no host syncs; costs one ``[n]`` dot product and a few
+    scalar selects per step. ``stall_steps=0, max_growth=math.inf`` disables it.
 
     Args:
       fn: the map, pytree -> pytree of the same structure, shapes and dtypes (one problem).
