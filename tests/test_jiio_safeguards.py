@@ -101,9 +101,13 @@ def test_guard_with_tolerance_and_nonfinite_points(params):
 def test_guard_fields_validate():
     with pytest.raises(ValueError, match="`no_worse_than_start` must be a bool"):
         jiio.JIIO(step_size=0.1, no_worse_than_start=1)
-    with pytest.raises(TypeError, match="got the class Anderson itself"):
+    with pytest.raises(TypeError, match="`start_solver` must be a solver instance"):
         jiio.JIIO(step_size=0.1, start_solver=Anderson)
     assert jiio.JIIO(step_size=0.1, start_solver=Anderson(max_steps=5)).start_solver.max_steps == 5
+    spec = {"name": "anderson", "max_steps": 7}
+    assert jiio.JIIO(step_size=0.1, start_solver=spec).start_solver == Anderson(max_steps=7)
+    with pytest.raises(ValueError, match="start_solver"):
+        jiio.JIIO(step_size=0.1, start_solver={"name": "newton"})
 
 
 # -- the accelerator's safeguard ---------------------------------------------------------------

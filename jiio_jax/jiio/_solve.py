@@ -34,6 +34,7 @@ from jiio_jax.jiio._pytree import check_instance, register_config
 from jiio_jax.jiio.projections import Unconstrained, as_projection
 from jiio_jax.jiio.schedules import Constant, Piecewise, as_schedule
 from jiio_jax.solvers import Anderson
+from jiio_jax.solvers import resolve as resolve_solver
 from jiio_jax.solvers.core import (
     Status,
     as_state,
@@ -119,7 +120,8 @@ class JIIO:
         cost is finite. The start's cost is taken at its equilibrium, not at
         ``(z0, x0)``: with ``z0 = 0`` the latter is no cost of the problem (it can be lower
         than the optimum's).
-      start_solver: forward solver of the start guard (a ``jiio_jax.solvers`` configuration).
+      start_solver: forward solver of the start guard: a ``jiio_jax.solvers`` configuration or
+        a spec for ``jiio_jax.solvers.resolve`` (``{"name": "anderson", "tol": 1e-3}``).
       stall_steps: safeguard of Type-I Anderson (``_accelerators.TypeIAnderson``): restart the
         history from the newest point after this many evaluations without a new smallest
         ``||F(X) - X||`` (0: never, the default).
@@ -224,12 +226,9 @@ class JIIO:
                 f"`trajectory_min_step` must be an int >= 0, got {self.trajectory_min_step!r}."
             )
         object.__setattr__(self, "backward", _as_backward(self.backward))
-        check_instance("start_solver", self.start_solver, (Anderson,), "Anderson(max_steps=50)")
-        if not callable(self.start_solver):
-            raise ValueError(
-                "`start_solver` must be a solver configuration (jiio_jax.solvers), got "
-                f"{self.start_solver!r}."
-            )
+        spec = self.start_solver
+        spec = _as_mapping(spec) if _as_mapping(spec) is not None else spec
+        object.__setattr__(self, "start_solver", resolve_solver(spec, "start_solver"))
 
     @property
     def schedule(self) -> Callable:
