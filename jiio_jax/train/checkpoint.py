@@ -77,6 +77,12 @@ def _silence_closed_loop_callbacks() -> None:
 
 
 def _cause(error: BaseException) -> str:
+    # The innermost exception names the file and the failure (TensorStore's "Error reading
+    # ... ZSTD_decompressStream() failed"); orbax's wrappers around it only say "error".
+    seen = {id(error)}
+    while (inner := error.__cause__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
     text = " ".join(f"{type(error).__name__}: {error}".split())
     return text if len(text) <= _MAX_CAUSE else text[: _MAX_CAUSE - 3] + "..."
 
