@@ -498,7 +498,7 @@ def bf16_config(cfg: models.MDEQConfig) -> tuple[models.MDEQConfig | None, str]:
     if "compute_dtype" not in {f.name for f in dataclasses.fields(cfg)}:
         return None, "bf16 switch not available (MDEQConfig has no compute_dtype field)"
     errors = []
-    for value in (jnp.bfloat16, "bfloat16"):
+    for value in ("bfloat16", jnp.bfloat16):
         try:
             return cfg.replace(compute_dtype=value), ""
         except (TypeError, ValueError) as e:
