@@ -268,6 +268,29 @@ class MDEQCell(nn.Module):
         return y
 
 
+def apply_cell(config: MDEQConfig, params, z: tuple[jax.Array, ...], x: CellInput) -> tuple:
+    """``MDEQCell(config).apply({"params": params}, z, x)`` in ``config.compute_dtype``.
+
+    With ``compute_dtype`` ``"bfloat16"``/``"float16"``, the floating leaves of ``params``,
+    ``z`` and ``x`` are cast to it, the cell runs in it, and the output is cast back to the
+    dtypes of ``z``: the fixed-point solver keeps a float32 state (and float32 residuals)
+    while the convolutions run in low precision.
+    """
+    module = MDEQCell(config)
+    if config.compute_dtype in (None, "float32"):
+        return module.apply({"params": params}, z, x)
+    low = jnp.dtype(config.compute_dtype)
+
+    def cast(tree):
+        return jax.tree.map(
+            lambda a: a.astype(low) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a,
+            tree,
+        )
+
+    out = module.apply({"params": cast(params)}, cast(tuple(z)), cast(x))
+    return tuple(o.astype(jnp.result_type(zi)) for o, zi in zip(out, z, strict=True))
+
+
 def _check_state(cfg: MDEQConfig, z) -> None:
     if not isinstance(z, tuple | list) or len(z) != cfg.num_branches:
         raise ValueError(

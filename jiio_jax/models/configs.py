@@ -30,6 +30,9 @@ def _check_divides(groups_name: str, groups: int, channels_name: str, channels: 
         )
 
 
+COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class MDEQConfig:
     """Architecture of one MDEQ model (equilibrium cell + injection map + head).
@@ -69,6 +72,11 @@ class MDEQConfig:
       context_dim: FiLM task-context size (meta only); split in equal chunks across branches.
       n_way: meta-learning classes per task (meta only).
       meta_pool: average-pool window (and stride) of the meta head (7 for 28x28 inputs).
+      compute_dtype: dtype the equilibrium cell computes in: ``None`` or ``"float32"``
+        (default: the state's dtype), ``"bfloat16"`` or ``"float16"``. A low-precision cell
+        casts its state, input and parameters down, computes, and casts its output back to
+        the state's dtype, so the solver state, residuals and histories stay float32 (mixed
+        precision; gradients reach the float32 parameters through the casts).
 
     Contraction at init. Only initial values differ from PyTorch's defaults; the architecture,
     the parameters and their shapes are the reference's. Every path through the cell ends in a
@@ -116,6 +124,7 @@ class MDEQConfig:
     context_dim: int | None = None
     n_way: int | None = None
     meta_pool: int = 7
+    compute_dtype: str | None = None
 
     def __post_init__(self):
         if len(self.image_shape) != 3:
@@ -137,6 +146,10 @@ class MDEQConfig:
             _check_pos_int(name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"`compute_dtype` must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}."
+            )
         if not self.conv_init_std >= 0:
             raise ValueError(f"`conv_init_std` must be >= 0, got {self.conv_init_std!r}.")
         if self.cell_init_std is not None and not self.cell_init_std > 0:

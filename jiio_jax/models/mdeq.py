@@ -85,10 +85,9 @@ def cell_fn(config: MDEQConfig) -> Callable[[tuple, CellInput, PyTree], tuple]:
       ``f`` with ``z`` per branch ``[H_i, W_i, C_i]``, ``x`` a ``CellInput`` and ``params`` the
       cell's parameters (``model_params["cell"]``). Batch with ``jax.vmap``.
     """
-    module = MDEQCell(config)
 
     def f(z, x, params):
-        return module.apply({"params": params}, z, x)
+        return cell_lib.apply_cell(config, params, z, x)
 
     return f
 
@@ -170,7 +169,7 @@ class _MDEQModel(abc.ABC):
         Returns:
           The next state, same shapes and dtypes as ``z``.
         """
-        return MDEQCell(self.config).apply({"params": params}, z, x)
+        return cell_lib.apply_cell(self.config, params, z, x)
 
     def head(self, z: tuple[jax.Array, ...], params: PyTree) -> jax.Array:
         """The output head ``h(z)`` of one sample (pure).
