@@ -29,7 +29,7 @@ reference also flips at test time).
 Expected result: this is the reference's setup, so the expected reconstruction PSNR and sample
 quality are the paper's; they were not measured here (one step is far beyond a CPU budget). Our
 eval PSNR is per image on the [0, 1] scale, about 6 dB above the reference script's [-1, 1]
-number (``jiio_jax.tasks.corruption.psnr``). Training evaluates 20 test batches; set
+number (``jiio_jax.losses.psnr``). Training evaluates 20 test batches; set
 ``--config.num_eval_batches=415`` for the whole test split. Samples come from a Gaussian fitted
 to the latents of an eval batch, not the paper's VAE + GMM density model.
 """

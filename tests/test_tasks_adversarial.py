@@ -21,11 +21,12 @@ import pytest
 
 from jiio_jax import data as data_lib
 from jiio_jax.data.config import read_config as data_read_config
+from jiio_jax.jiio import BallBox
 from jiio_jax.losses import cross_entropy
 from jiio_jax.models.configs import CIFAR_CLS, MNIST_CLS
 from jiio_jax.tasks import get_task
 from jiio_jax.tasks.adversarial import AdversarialTask
-from jiio_jax.tasks.attacks import ThreatSet, threat_sets
+from jiio_jax.tasks.attacks import threat_sets
 from jiio_jax.train import train_and_evaluate
 from jiio_jax.train.config import validate_config
 
@@ -110,9 +111,9 @@ def test_threat_set_is_the_euclidean_projection(norm, clip_pixels):
 
 def test_threat_set_validates_arguments():
     with pytest.raises(ValueError, match="norm"):
-        ThreatSet(1.0, norm="l1")
+        BallBox(1.0, norm="l1")
     with pytest.raises(ValueError, match="lower"):
-        ThreatSet(1.0, lower=jnp.zeros(3))
+        BallBox(1.0, lower=jnp.zeros(3))
 
 
 # ---------------------------------------------------------------------------------------------

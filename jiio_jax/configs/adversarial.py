@@ -33,10 +33,10 @@ from jiio_jax.configs.common import (
 )
 from jiio_jax.configs.common import experiment_config as base_experiment_config
 from jiio_jax.jiio import JIIO
+from jiio_jax.jiio.projections import NORMS
 from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "pgd", "clean")
-NORMS = ("l2", "linf")
 _CLASSIFIER_FIELDS = ("num_classes", "head_channels", "final_channels")
 
 
@@ -60,7 +60,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         100 JIIO steps at eps 0.5).
       clip_pixels: also keep ``x + delta`` inside the valid pixel range ``[-1, 1]``: the attacks
         then project onto the intersection of the ball and that box (exactly; see
-        ``jiio_jax.tasks.attacks.ThreatSet``). ``False``: the ball only (the reference).
+        ``jiio_jax.jiio.BallBox``). ``False``: the ball only (the reference).
       arch: base classifier architecture, a name in ``jiio_jax.models.configs.CONFIGS`` (e.g.
         ``"mnist_cls"``, ``"cifar_cls"``, ``"tiny_cls"``) or ``""`` to build it from ``mdeq``
         alone (then ``mdeq.channels``, ``num_classes``, ``head_channels`` and

@@ -10,7 +10,7 @@ masked out, so one compiled program serves every batch).
 - :func:`psnr`: JIIO (or the VAE's encoder mean) reconstructs each of the first
   ``options.num_examples`` test images (default all) from its observation under
   ``config.model.corruption``, drawn deterministically from ``options.seed``; per-image PSNR
-  (``jiio_jax.tasks.corruption.psnr``, the same numbers as ``GenerativeTask.evaluate``).
+  (``jiio_jax.losses.psnr``, the same numbers as ``GenerativeTask.evaluate``).
 - :func:`samples`: the paper's sampling pipeline. The latents of the first
   ``options.num_examples`` training images (default the whole train split; JIIO latents ``x*``
   or, for VAE runs, the encoder means), inferred from the clean images (corruption ``"none"``

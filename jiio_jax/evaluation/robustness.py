@@ -13,7 +13,7 @@ scores the perturbed images. Unlike the reference (§7.3, §7.16, §7.18):
 - PGD-k uses the config's evaluation PGD (``config.eval.pgd_step_size``, ``pgd_random_start``)
   with ``k`` steps; JIIO-k the config's evaluation JIIO (``config.eval.jiio_step_size`` and the
   ``config.model.jiio`` fields) with ``max_steps = k``;
-- the feasibility of every ``delta`` is checked (``ThreatSet.violation``, reported as
+- the feasibility of every ``delta`` is checked (``BallBox.violation``, reported as
   ``max_violation``: an attack must never leave the set);
 - all test images are used (``options.num_examples``, default the whole split; the last
   partial batch is padded with copies of its first image, and the copies are discarded).

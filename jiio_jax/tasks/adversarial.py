@@ -57,11 +57,10 @@ import ml_collections
 
 from jiio_jax import jacobian, jiio, plotting
 from jiio_jax.configs import adversarial as adv_config
-from jiio_jax.jiio import JIIOSolution
+from jiio_jax.jiio import BallBox, JIIOSolution
 from jiio_jax.losses import accuracy, cross_entropy
 from jiio_jax.models.mdeq import MDEQClassifier
 from jiio_jax.tasks.attacks import (
-    ThreatSet,
     attack_problem,
     pgd_attack,
     step_scale,
@@ -193,7 +192,8 @@ class AdversarialTask(Task):
         f, cost = attack_problem(self.model)
         image = batch["image"]
         radius = jnp.asarray(batch.get("radius", self.eval_radius), F32)
-        threat = ThreatSet.from_image(image, radius, s.norm, s.clip_pixels)
+        pixel_range = (-1.0, 1.0) if s.clip_pixels else None
+        threat = BallBox.perturbation(image, radius, s.norm, pixel_range)
         args = (
             params["injection"],
             params["cell"],

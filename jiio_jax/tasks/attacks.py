@@ -5,8 +5,9 @@ Images are in ``[-1, 1]``; a perturbation ``delta`` of one image ``x`` is admiss
 .. math:: \delta \in S(x) = \{\|\delta\|_p \le r\} \cap \{-1 - x \le \delta \le 1 - x\}
 
 (``p`` = 2 or inf over all pixels of the sample; the box keeps ``x + delta`` a valid image and
-is dropped with ``clip_pixels=False``). ``ThreatSet`` is the Euclidean projection onto
-``S(x)``. Both attacks maximise the cross-entropy ``CE(h(z*(x + delta)), y)``:
+is dropped with ``clip_pixels=False``). ``threat_sets`` builds it as ``jiio.BallBox`` (the
+exact Euclidean projection onto ``S(x)``). Both attacks maximise the cross-entropy
+``CE(h(z*(x + delta)), y)``:
 
 - ``pgd_attack``: ``delta_{k+1} = Pi_S(delta_k + alpha d_k)`` with ``d_k = g_k / ||g_k||_2``
   (L2) or ``sign(g_k)`` (linf), ``g_k`` the gradient of the CE through a DEQ forward solve and
@@ -19,7 +20,6 @@ is dropped with ``clip_pixels=False``). ``ThreatSet`` is the Euclidean projectio
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jiio_jax.configs.adversarial import NORMS
+from jiio_jax.jiio.projections import BallBox
 from jiio_jax.losses import cross_entropy
 from jiio_jax.models.mdeq import MDEQClassifier
 
@@ -35,105 +35,15 @@ PyTree = Any
 F32 = jnp.float32
 
 
-def _flat_norm(d: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(jnp.square(d)))
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class ThreatSet:
-    r"""Projection onto ``{||delta||_p <= radius} ∩ {lower <= delta <= upper}`` (one sample).
-
-    Requires ``lower <= 0 <= upper`` (true for ``from_image``: a valid image is a feasible
-    point), so the set is non-empty and scaling towards 0 never leaves the box.
-
-    - linf: the intersection is a box, ``clip(delta, max(lower, -r), min(upper, r))``.
-    - l2: the KKT conditions of ``min ||d - y||^2`` over the set give
-      ``d(t) = clip(t y, lower, upper)`` with ``t = 1/(1 + lambda)`` in ``(0, 1]``; ``||d(t)||`` is
-      non-decreasing in ``t``, so ``t`` is found by bisection (``bisection_steps``) when
-      ``||clip(y)|| > r``. A final scaling by ``min(1, r / ||d||)`` (a few ulps inside) makes
-      the result feasible exactly in floating point.
-    - ``lower``/``upper`` ``None``: the ball only (the reference's projection).
-
-    Attributes:
-      radius: ``r > 0`` (scalar, may be traced).
-      lower, upper: ``[H, W, C]`` bounds of ``delta`` or ``None``.
-      norm: ``"l2"`` or ``"linf"``.
-      bisection_steps: L2 bisection iterations (30 resolve ``t`` to float32 precision).
-    """
-
-    radius: Any
-    lower: Any = None
-    upper: Any = None
-    norm: str = dataclasses.field(default="l2", metadata={"static": True})
-    bisection_steps: int = dataclasses.field(default=30, metadata={"static": True})
-
-    def __post_init__(self):
-        if self.norm not in NORMS:
-            raise ValueError(f"`norm` must be one of {NORMS}, got {self.norm!r}.")
-        if (self.lower is None) != (self.upper is None):
-            raise ValueError("`lower` and `upper` must both be given or both be None.")
-
-    @classmethod
-    def from_image(
-        cls, image: jax.Array, radius: Any, norm: str, clip_pixels: bool = True
-    ) -> ThreatSet:
-        """The threat set of one image ``[H, W, C]`` in ``[-1, 1]``."""
-        if not clip_pixels:
-            return cls(radius, norm=norm)
-        # min/max with 0: pixels a rounding error outside [-1, 1] must not empty the set.
-        lower = jnp.minimum(-1.0 - image, 0.0).astype(image.dtype)
-        upper = jnp.maximum(1.0 - image, 0.0).astype(image.dtype)
-        return cls(radius, lower, upper, norm=norm)
-
-    def __call__(self, delta: jax.Array) -> jax.Array:
-        r = jnp.asarray(self.radius, delta.dtype)
-        if self.norm == "linf":
-            if self.lower is None:
-                return jnp.clip(delta, -r, r)
-            return jnp.clip(delta, jnp.maximum(self.lower, -r), jnp.minimum(self.upper, r))
-        box = (lambda d: d) if self.lower is None else self._clip
-        d = box(delta)
-        norm = _flat_norm(d)
-        if self.lower is not None:
-
-            def bisect(_, bounds):
-                lo, hi = bounds
-                mid = 0.5 * (lo + hi)
-                inside = _flat_norm(self._clip(mid * delta)) <= r
-                return jnp.where(inside, mid, lo), jnp.where(inside, hi, mid)
-
-            zero, one = jnp.zeros((), delta.dtype), jnp.ones((), delta.dtype)
-            _, t = jax.lax.fori_loop(0, self.bisection_steps, bisect, (zero, one))
-            d = jnp.where(norm > r, self._clip(t * delta), d)
-            norm = _flat_norm(d)
-        # As jiio.L2Ball: a few ulps inside, so a later norm computation cannot exceed r.
-        eps = jnp.finfo(delta.dtype).eps
-        scale = jnp.where(norm > r * (1 - 8 * eps), r * (1 - 8 * eps) / jnp.maximum(norm, r), 1)
-        return (d * scale).astype(delta.dtype)
-
-    def _clip(self, d: jax.Array) -> jax.Array:
-        return jnp.clip(d, self.lower, self.upper)
-
-    def violation(self, delta: jax.Array) -> jax.Array:
-        """How far ``delta`` lies outside the set (0 inside): max of the norm and box gaps."""
-        if self.norm == "l2":
-            gap = _flat_norm(delta) - self.radius
-        else:
-            gap = jnp.max(jnp.abs(delta)) - self.radius
-        gap = jnp.maximum(gap, 0.0)
-        if self.lower is not None:
-            box_gap = jnp.max(jnp.maximum(self.lower - delta, delta - self.upper))
-            gap = jnp.maximum(gap, box_gap)
-        return jnp.maximum(gap, 0.0)
-
-
 def threat_sets(
     images: jax.Array, radius: float | jax.Array, norm: str, clip_pixels: bool = True
-) -> ThreatSet:
-    """Batched ``ThreatSet`` of images ``[B, H, W, C]`` (``radius`` on their [-1, 1] scale)."""
+) -> BallBox:
+    """The batched threat sets ``S(x)`` of images ``[B, H, W, C]`` (``radius`` on their
+    ``[-1, 1]`` scale): ``jiio.BallBox.perturbation`` per image, the box dropped with
+    ``clip_pixels=False``."""
     radii = jnp.full((images.shape[0],), radius, F32)
-    return jax.vmap(lambda x, r: ThreatSet.from_image(x, r, norm, clip_pixels))(images, radii)
+    pixel_range = (-1.0, 1.0) if clip_pixels else None
+    return jax.vmap(lambda x, r: BallBox.perturbation(x, r, norm, pixel_range))(images, radii)
 
 
 def attack_problem(model: MDEQClassifier) -> tuple[Callable, Callable]:
@@ -166,7 +76,7 @@ def step_scale(norm: str, image_shape: tuple[int, ...]) -> float:
     return 1.0 if norm == "l2" else math.sqrt(math.prod(image_shape))
 
 
-def random_start(key: jax.Array, threats: ThreatSet, shape: tuple[int, ...]) -> jax.Array:
+def random_start(key: jax.Array, threats: BallBox, shape: tuple[int, ...]) -> jax.Array:
     """A random point of each sample's ball, projected onto its threat set ``[B, *shape]``.
 
     linf: uniform in the cube; l2: uniform direction with radius ``r * U^(1/D)`` (uniform in
@@ -187,7 +97,7 @@ def random_start(key: jax.Array, threats: ThreatSet, shape: tuple[int, ...]) -> 
 
 def pgd_attack(
     grad_fn: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
-    threats: ThreatSet,
+    threats: BallBox,
     shape: tuple[int, ...],
     *,
     steps: int,
@@ -203,7 +113,7 @@ def pgd_attack(
     Args:
       grad_fn: ``delta [B, ...] -> g [B, ...]``, the gradient of the summed per-example loss
         (e.g. CE through a DEQ forward solve and its implicit backward); samples independent.
-      threats: batched ``ThreatSet`` (leading axis ``B`` on ``radius``/``lower``/``upper``).
+      threats: batched ``BallBox`` (leading axis ``B`` on ``radius``/``lower``/``upper``).
       shape: ``[B, H, W, C]``.
       steps: number of gradient steps ``k``.
       step_size: relative to the radius.
