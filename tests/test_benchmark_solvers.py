@@ -34,6 +34,7 @@ def test_solver_benchmark_smoke(tmp_path):
         "optimistix",
         "## Gradient accuracy",
         "XLA_FLAGS",
+        "Time vs the fastest jaxopt configuration meeting eps",
     ):
         assert needle in md, needle
     assert "time / best peer time" in proc.stdout  # tables also go to stdout

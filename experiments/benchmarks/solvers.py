@@ -1073,6 +1073,41 @@ def _best_ours(results, prefix=""):
     return min(met, key=lambda r: r.ms) if met else None
 
 
+def _geomean(xs: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(xs))))
+
+
+def jaxopt_ratios(all_results) -> dict[str, list[tuple[str, float]]]:
+    """Time ratios of ours to the fastest jaxopt configuration meeting eps, per problem.
+
+    ``"fastest"``: fastest of ours (any solver) / fastest jaxopt config; ``"Anderson"`` and
+    ``"Broyden"``: our fastest of that algorithm / jaxopt's fastest of the same algorithm. Only
+    problems where both sides met eps count.
+    """
+    out: dict[str, list[tuple[str, float]]] = {"fastest": [], "Anderson": [], "Broyden": []}
+    for p, _, rs in all_results:
+        jx = [r for r in rs if r.cfg.lib == "jaxopt" and r.met]
+        best = _best_ours(rs)
+        if jx and best is not None:
+            out["fastest"].append((p.label, best.ms / min(r.ms for r in jx)))
+        for alg in ("Anderson", "Broyden"):
+            mine = _best_ours(rs, alg)
+            theirs = [r for r in jx if r.cfg.name.startswith(alg)]
+            if mine is not None and theirs:
+                out[alg].append((p.label, mine.ms / min(r.ms for r in theirs)))
+    return out
+
+
+def _ratio_summary(pairs: list[tuple[str, float]]) -> str:
+    if not pairs:
+        return "no comparable problem"
+    worst = max(pairs, key=lambda t: t[1])
+    return (
+        f"geometric mean **{_geomean([r for _, r in pairs]):.2f}** over {len(pairs)} problems, "
+        f"worst {worst[1]:.2f} ({worst[0]})"
+    )
+
+
 def what_this_shows(rep) -> str:
     """Summary sentences derived from the measured numbers only."""
     lines = []
@@ -1141,6 +1176,15 @@ def what_this_shows(rep) -> str:
             + "; ".join(parts)
             + "."
         )
+    ratios = jaxopt_ratios(all_results)
+    s_only = [(lab, r) for lab, r in ratios["fastest"] if lab.startswith("S ")]
+    lines.append(
+        "- Time vs the fastest jaxopt configuration meeting eps (issue 12's no-slowdown bar: "
+        "geometric mean <= 0.35, no case above 0.75): fastest of ours, S problems: "
+        f"{_ratio_summary(s_only)}; all problems: {_ratio_summary(ratios['fastest'])}. "
+        f"Same algorithm: Anderson {_ratio_summary(ratios['Anderson'])}; Broyden "
+        f"{_ratio_summary(ratios['Broyden'])}."
+    )
     if rep.get("per_step"):
         per = rep["per_step"][1]
         floor = per["bare f loop"]
