@@ -31,7 +31,7 @@ Usage::
     python experiments/benchmarks/scale.py --small --out=/tmp/scale.md   # CI-sized, CPU
     # CPU record at the reference sizes with small batches (experiments/results/scale.md):
     python experiments/benchmarks/scale.py --batch=celeba_gen=1,mnist_cls=2,cifar_cls=2,\\
-omniglot_meta=1 --table3_batch=1 --table2_batch=2 --repeats=2 --budget_s=3000
+omniglot_meta=1 --table3_batch=1 --table2_batch=2 --repeats=1 --budget_s=3000
 
 ``--budget_s`` bounds the wall time: a section (or item) that would start after it is
 reported as "skipped: budget", and repeats are cut to what fits. ``--out`` is a markdown file;
@@ -196,6 +196,10 @@ def fmt(x: Any) -> Any:
     return "n/a" if x is None else x
 
 
+def _g(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
 # ------------------------------------------------------------------------------------------
 # Budget-aware running and progress.
 # ------------------------------------------------------------------------------------------
@@ -233,17 +237,15 @@ def run_once(fn: Callable, *args: Any) -> tuple[Any, float]:
 def timed(
     clock: Clock, entries: dict[str, tuple[Callable, tuple]], repeats: int, first: dict
 ) -> dict:
-    """``first[name]``: the seconds of each program's first run (its warm-up), which bound the
-    repeats that fit the budget; then the medians of ``repeats`` interleaved runs. With
-    ``repeats == 1`` (or no time left) the first run's time is reported: no extra run.
-    Returns ``{name: seconds}``."""
+    """Medians of ``n`` interleaved warm runs, ``1 <= n <= repeats`` (``n`` cut to what the
+    budget fits). ``first[name]``: the seconds of each program's first run after compilation
+    (its untimed warm-up, never reported: on XLA:CPU it was up to 8x slower than the warm runs),
+    used only to size ``n``. Returns ``{name: seconds}``."""
     per_round = sum(first.values())
     fit = int(max(clock.left(), 0) // max(per_round, 1e-9))
     n = max(1, min(repeats, fit))
     if n < repeats:
         clock.log(f"  repeats cut to {n} (budget)")
-    if n == 1:
-        return dict(first)
     return interleaved_medians(entries, repeats=n, warmup=0)
 
 
@@ -567,13 +569,14 @@ def render(results: dict) -> str:
     out.append(
         f"Device: {results['machine']}. Load average (1 min) at start / end: "
         f"{results['load_start']:.1f} / {results['load_end']:.1f}. "
-        f"Total {results['total_s']:.0f} s."
+        f"Total {results['total_s']:.0f} s. jax_default_matmul_precision: "
+        f"{results.get('matmul_precision', 'not recorded')} (None: the backend default; recent "
+        "NVIDIA GPUs may then run float32 convs and matmuls in TF32)."
     )
     repeats = results["settings"]["repeats"]
     out.append(
-        f"Timing: compile time separate; then the median of {repeats} interleaved run(s) per "
-        "program"
-        + (" (1: the first run after compilation, no other)" if repeats == 1 else "")
+        f"Timing: compile time separate; one untimed warm-up run, then the median of {repeats} "
+        "interleaved warm run(s) per program (fewer where the budget cut them: see the log)"
         + ". Memory: XLA MiB = compiled temp + argument + output bytes; device peak = "
         "memory_stats()['peak_bytes_in_use'] (process-wide, n/a where not reported)."
     )
@@ -699,7 +702,7 @@ def render(results: dict) -> str:
                         f32["step_ms"],
                         b16["step_ms"],
                         f32["step_ms"] / b16["step_ms"],
-                        f"{fmt(f32['xla_mib'])} / {fmt(b16['xla_mib'])}",
+                        f"{_g(f32['xla_mib'])} / {_g(b16['xla_mib'])}",
                     ]
                 )
         out.append(
@@ -833,7 +836,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="CI size: tiny presets, batches")
     parser.add_argument("--out", default=DEFAULT_OUT, help="markdown report path")
-    parser.add_argument("--budget_s", type=float, default=420.0, help="wall-time budget")
+    parser.add_argument(
+        "--budget_s",
+        type=float,
+        default=360.0,
+        help="no new item starts after this many seconds (the item in flight finishes: the "
+        "default leaves 2 minutes of the 8-minute GPU allowance for it)",
+    )
     parser.add_argument("--batch", default=None, help="per-device batches, ARCH=N,ARCH=N")
     parser.add_argument("--archs", default=None, help="train-step architectures (comma list)")
     parser.add_argument("--gen_arch", default=None, help="generator of Table 3")
@@ -884,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "platform": device.platform,
         "device_kind": device.device_kind,
         "jax_version": jax.__version__,
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "command": command,
         "settings": dataclasses.asdict(s),
         "load_start": load_start,
