@@ -29,6 +29,7 @@ solver iterations (variational dropout), which keeps ``f`` a fixed map.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -238,30 +239,18 @@ class MDEQCell(nn.Module):
         """Maps branch ``j``'s block output to branch ``i``'s resolution and width."""
         cfg = self.config
         gn = lambda name: layers.GroupNorm(cfg.num_groups, param_dtype=self.param_dtype, name=name)
+        conv = functools.partial(
+            layers.conv, use_bias=False, std=cfg.conv_init_std, param_dtype=self.param_dtype
+        )
         if j > i:  # lower resolution -> 1x1 conv, GN, nearest upsampling
-            y = layers.conv(
-                cfg.channels[i],
-                1,
-                use_bias=False,
-                std=cfg.conv_init_std,
-                param_dtype=self.param_dtype,
-                name=f"fuse{i}_{j}_conv",
-            )(y)
+            y = conv(cfg.channels[i], 1, name=f"fuse{i}_{j}_conv")(y)
             y = gn(f"fuse{i}_{j}_gn")(y)
             return layers.upsample_nearest(y, 2 ** (j - i))
         steps = i - j  # higher resolution -> chain of stride-2 3x3 convs
         for s in range(steps):
             last = s == steps - 1
             width = cfg.channels[i] if last else cfg.channels[j]
-            y = layers.conv(
-                width,
-                3,
-                stride=2,
-                use_bias=False,
-                std=cfg.conv_init_std,
-                param_dtype=self.param_dtype,
-                name=f"fuse{i}_{j}_conv{s}",
-            )(y)
+            y = conv(width, 3, stride=2, name=f"fuse{i}_{j}_conv{s}")(y)
             y = gn(f"fuse{i}_{j}_gn{s}")(y)
             if not last:
                 y = nn.relu(y)

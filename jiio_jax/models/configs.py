@@ -200,6 +200,12 @@ class MDEQConfig:
         """Number of elements of one sample's equilibrium state (the reference's ``D_z``)."""
         return sum(h * w * c for h, w, c in self.branch_shapes)
 
+    def require(self, *names: str, by: str) -> None:
+        """Raises ``ValueError`` naming the first of ``names`` that is unset (``None``)."""
+        for name in names:
+            if getattr(self, name) is None:
+                raise ValueError(f"{by} needs `config.{name}`; set it in the MDEQConfig.")
+
     def replace(self, **changes) -> MDEQConfig:
         """Returns a copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -214,13 +220,7 @@ MNIST_CLS = MDEQConfig(
 )
 """``configs/mnist_cls.yaml``: adversarially trained MNIST classifier (D_z = 23,520)."""
 
-CIFAR_CLS = MDEQConfig(
-    image_shape=(32, 32, 3),
-    channels=(24, 24),
-    num_classes=10,
-    head_channels=(8, 16),
-    final_channels=200,
-)
+CIFAR_CLS = MNIST_CLS.replace(image_shape=(32, 32, 3))
 """``configs/cifar_cls.yaml``: adversarially trained CIFAR-10 classifier (D_z = 30,720)."""
 
 CELEBA_GEN = MDEQConfig(
@@ -251,13 +251,12 @@ OMNIGLOT_META = MDEQConfig(
 )
 """``configs/omniglot_imaml.yaml``: FiLM-conditioned 5-way Omniglot learner (D_z = 75,264)."""
 
+# The small test architectures share everything but their input and head.
+_TINY = dict(channels=(8, 16), expansion=2, block_groups=2, num_groups=4, aux_groups=2)
+
 TINY_CLS = MDEQConfig(
+    **_TINY,
     image_shape=(16, 16, 3),
-    channels=(8, 16),
-    expansion=2,
-    block_groups=2,
-    num_groups=4,
-    aux_groups=2,
     num_classes=10,
     head_channels=(4, 8),
     final_channels=32,
@@ -265,24 +264,16 @@ TINY_CLS = MDEQConfig(
 """A small classifier for tests and CPU benchmarks (16x16x3 images, D_z = 3,072)."""
 
 TINY_GEN = MDEQConfig(
+    **_TINY,
     image_shape=(16, 16, 3),
-    channels=(8, 16),
-    expansion=2,
-    block_groups=2,
-    num_groups=4,
-    aux_groups=2,
     latent_dim=16,
     cell_init_std=0.01,
 )
 """A small generator for tests (16-d latent -> 16x16x3 image)."""
 
 TINY_META = MDEQConfig(
+    **_TINY,
     image_shape=(14, 14, 1),
-    channels=(8, 16),
-    expansion=2,
-    block_groups=2,
-    num_groups=4,
-    aux_groups=2,
     stem_convs=1,
     context_dim=16,
     n_way=5,

@@ -148,9 +148,7 @@ class ClassifierHead(nn.Module):
     def __call__(self, z: tuple[jax.Array, ...]) -> jax.Array:
         """Maps ``z`` (per branch ``[H_i, W_i, C_i]``) to logits ``[num_classes]``."""
         cfg = self.config
-        for name in ("head_channels", "final_channels", "num_classes"):
-            if getattr(cfg, name) is None:
-                raise ValueError(f"ClassifierHead needs `config.{name}`; set it in the config.")
+        cfg.require("head_channels", "final_channels", "num_classes", by="ClassifierHead")
         _check_z(cfg, z)
         pd, std = self.param_dtype, cfg.conv_init_std
         incre = [
@@ -201,8 +199,7 @@ class MetaHead(nn.Module):
     def __call__(self, z: tuple[jax.Array, ...]) -> jax.Array:
         """Maps ``z`` (per branch ``[H_i, W_i, C_i]``) to logits ``[n_way]``."""
         cfg = self.config
-        if cfg.n_way is None:
-            raise ValueError("MetaHead needs `config.n_way`; set it in the MDEQConfig.")
+        cfg.require("n_way", by="MetaHead")
         _check_z(cfg, z)
         p = cfg.meta_pool
         feats = []

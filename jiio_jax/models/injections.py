@@ -101,8 +101,7 @@ class LatentMaps(nn.Module):
     def __call__(self, latent: jax.Array) -> tuple[jax.Array, ...]:
         """Maps ``latent`` ``[latent_dim]`` to per-branch ``[H_i, W_i, C_i]`` injections."""
         cfg = self.config
-        if cfg.latent_dim is None:
-            raise ValueError("LatentMaps needs `config.latent_dim`; set it in the MDEQConfig.")
+        cfg.require("latent_dim", by="LatentMaps")
         if tuple(latent.shape) != (cfg.latent_dim,):
             raise ValueError(
                 f"`latent` must have shape ({cfg.latent_dim},) (one sample); got "
@@ -141,8 +140,7 @@ class FiLM(nn.Module):
     def __call__(self, context: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
         """Maps ``context`` ``[context_dim]`` to per-branch ``([E*C_i], [E*C_i])`` pairs."""
         cfg = self.config
-        if cfg.context_dim is None:
-            raise ValueError("FiLM needs `config.context_dim`; set it in the MDEQConfig.")
+        cfg.require("context_dim", by="FiLM")
         if tuple(context.shape) != (cfg.context_dim,):
             raise ValueError(
                 f"`context` must have shape ({cfg.context_dim},) (one sample); got "

@@ -337,9 +337,7 @@ class MDEQClassifier(_MDEQModel):
     """
 
     def _validate(self):
-        for name in ("num_classes", "head_channels", "final_channels"):
-            if getattr(self.config, name) is None:
-                raise ValueError(f"MDEQClassifier needs `config.{name}`; set it in the config.")
+        self.config.require("num_classes", "head_channels", "final_channels", by="MDEQClassifier")
 
     def _injection_module(self):
         return injections.ImageStem(self.config, self.param_dtype)
@@ -360,8 +358,7 @@ class MDEQGenerator(_MDEQModel):
     """
 
     def _validate(self):
-        if self.config.latent_dim is None:
-            raise ValueError("MDEQGenerator needs `config.latent_dim`; set it in the config.")
+        self.config.require("latent_dim", by="MDEQGenerator")
 
     def _injection_module(self):
         return injections.LatentMaps(self.config, self.param_dtype)
@@ -396,9 +393,7 @@ class MDEQMetaLearner(_MDEQModel):
     """
 
     def _validate(self):
-        for name in ("context_dim", "n_way"):
-            if getattr(self.config, name) is None:
-                raise ValueError(f"MDEQMetaLearner needs `config.{name}`; set it in the config.")
+        self.config.require("context_dim", "n_way", by="MDEQMetaLearner")
 
     def _injection_module(self):
         return _MetaInjection(self.config, self.param_dtype)
