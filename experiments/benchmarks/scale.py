@@ -107,6 +107,7 @@ class Settings:
     jiio_adv_steps: int
     repeats: int
     scaling_archs: tuple[str, ...]
+    dtype_archs: tuple[str, ...]
     budget_s: float
     sections: tuple[str, ...]
 
@@ -511,7 +512,7 @@ def bf16_config(cfg: models.MDEQConfig) -> tuple[models.MDEQConfig | None, str]:
 def section_dtype(clock, s: Settings, train_rows: list[dict]) -> list[dict]:
     rows = []
     done = {r["arch"]: r for r in train_rows if "step_ms" in r}
-    for name in dict.fromkeys((s.gen_arch, s.cls_arch)):
+    for name in s.dtype_archs:
         cfg = models.get_config(name)
         cfg16, why = bf16_config(cfg)
         if cfg16 is None:
@@ -823,7 +824,10 @@ def settings_from(args) -> Settings:
         pgd_steps=args.pgd_steps or pgd,
         jiio_adv_steps=args.jiio_adv_steps or jadv,
         repeats=args.repeats or repeats,
-        # --small: one architecture (each scaling row is another compilation).
+        # --small: one architecture for bf16 and scaling (each row is another compilation).
+        dtype_archs=(args.cls_arch or cls,)
+        if args.small
+        else tuple(dict.fromkeys((args.gen_arch or gen, args.cls_arch or cls))),
         scaling_archs=(args.cls_arch or cls,)
         if args.small
         else tuple(dict.fromkeys((args.cls_arch or cls, args.gen_arch or gen))),
