@@ -152,16 +152,13 @@ class ResidualBlock(nn.Module):
         return gn("gn3")(nn.relu(b + z))
 
 
-class MDEQCell(nn.Module):
+class MDEQCell(layers.ArchModule):
     """One MDEQ layer ``f(z, x)`` on a tuple of branch states (one sample).
 
     Attributes:
       config: the architecture (channels, expansion, group counts, weight norm, init).
       param_dtype: parameter dtype.
     """
-
-    config: MDEQConfig
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: tuple[jax.Array, ...], x: CellInput) -> tuple[jax.Array, ...]:

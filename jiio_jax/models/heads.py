@@ -53,7 +53,7 @@ def _transposed_conv_init(features: int):
     return init
 
 
-class ImageDecoder(nn.Module):
+class ImageDecoder(layers.ArchModule):
     """Branch states -> image in ``[-1, 1]`` (the reference's ``branch_interp`` + ``upsample``).
 
     A stride-1, padding-1 3x3 transposed conv is an ordinary 3x3 conv with the spatially flipped,
@@ -64,9 +64,6 @@ class ImageDecoder(nn.Module):
       config: the architecture (``image_shape[2]`` output channels).
       param_dtype: parameter dtype.
     """
-
-    config: MDEQConfig
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: tuple[jax.Array, ...]) -> jax.Array:
@@ -133,16 +130,13 @@ class Bottleneck(nn.Module):
         return nn.relu(out + x)
 
 
-class ClassifierHead(nn.Module):
+class ClassifierHead(layers.ArchModule):
     """HRNet-style classification head (the reference's ``incre/downsamp/final`` + classifier).
 
     Attributes:
       config: the architecture (``head_channels``, ``final_channels``, ``num_classes``).
       param_dtype: parameter dtype.
     """
-
-    config: MDEQConfig
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: tuple[jax.Array, ...]) -> jax.Array:
@@ -184,16 +178,13 @@ class ClassifierHead(nn.Module):
         )(y)
 
 
-class MetaHead(nn.Module):
+class MetaHead(layers.ArchModule):
     """Per-branch GN + ``meta_pool`` average pooling, concat, linear -> ``n_way`` logits.
 
     Attributes:
       config: the architecture (``n_way``, ``meta_pool``).
       param_dtype: parameter dtype.
     """
-
-    config: MDEQConfig
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: tuple[jax.Array, ...]) -> jax.Array:

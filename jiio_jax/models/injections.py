@@ -23,12 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from jiio_jax.models import layers
-from jiio_jax.models.configs import MDEQConfig
 
 Dtype = Any
 
 
-class ImageStem(nn.Module):
+class ImageStem(layers.ArchModule):
     """Image -> injection into branch 0 (the reference's ``downsample`` [+ ``stage0``]).
 
     ``config.stem_convs`` layers of bias-free 3x3 conv (stride 1) + GroupNorm(``aux_groups``) +
@@ -39,9 +38,6 @@ class ImageStem(nn.Module):
       config: the architecture.
       param_dtype: parameter dtype.
     """
-
-    config: MDEQConfig
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, image: jax.Array) -> tuple[jax.Array | None, ...]:
@@ -83,7 +79,7 @@ class ImageStem(nn.Module):
         return (u,) + (None,) * (cfg.num_branches - 1)
 
 
-class LatentMaps(nn.Module):
+class LatentMaps(layers.ArchModule):
     """Latent -> one injection per branch: ``u_i = reshape(A_i x + b_i, [H_i, W_i, C_i])``.
 
     The reference reshapes to ``[C_i, H_i, W_i]``; with random init the order of the output
@@ -93,9 +89,6 @@ class LatentMaps(nn.Module):
       config: the architecture (``latent_dim`` required).
       param_dtype: parameter dtype.
     """
-
-    config: MDEQConfig
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, latent: jax.Array) -> tuple[jax.Array, ...]:
@@ -121,7 +114,7 @@ class LatentMaps(nn.Module):
         return tuple(out)
 
 
-class FiLM(nn.Module):
+class FiLM(layers.ArchModule):
     """Task context -> per-branch FiLM ``(scale, shift)`` for the blocks' first norm.
 
     Chunk ``i`` (of ``context_dim / K`` entries) of the context goes through
@@ -132,9 +125,6 @@ class FiLM(nn.Module):
       config: the architecture (``context_dim`` required).
       param_dtype: parameter dtype.
     """
-
-    config: MDEQConfig
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, context: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jiio_jax.models.configs import MDEQConfig
 from jiio_jax.models.conv import conv2d
 
 Dtype = Any
@@ -44,6 +45,18 @@ def normal_init(std: float) -> Initializer:
     if std == 0:
         return nn.initializers.zeros
     return nn.initializers.normal(stddev=std)
+
+
+class ArchModule(nn.Module):
+    """Base of the MDEQ modules built from an architecture config (cell, injections, heads).
+
+    Attributes:
+      config: the architecture, a ``jiio_jax.models.MDEQConfig``.
+      param_dtype: parameter dtype.
+    """
+
+    config: MDEQConfig
+    param_dtype: Dtype = jnp.float32
 
 
 class GroupNorm(nn.Module):

@@ -23,6 +23,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from jiio_jax.train.metrics import flatten_config as flatten
+
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 # Fields a rerun may change: they set how long and how often, not what is trained (the
@@ -70,17 +72,6 @@ def config_record(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict
     if isinstance(config, ml_collections.ConfigDict):
         return json.loads(config.to_json_best_effort(sort_keys=True))
     return json.loads(json.dumps(dict(config), sort_keys=True, default=str))
-
-
-def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}``."""
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 _MISSING = "<absent>"
