@@ -43,7 +43,7 @@ def solve(cfg, p, x0=None):
     return jiio.solve(layer, cost, jnp.zeros(NZ), x0, p, solver=cfg)
 
 
-BLOW_UP = jiio.JIIO(step_size=1e6, max_steps=30)
+BLOW_UP = jiio.JIIO(step_size=1e6, max_steps=30, no_worse_than_start=True)
 
 
 def test_blow_up_returns_the_start_equilibrium(params):
@@ -67,7 +67,7 @@ def test_blow_up_returns_the_start_equilibrium(params):
 
 
 def test_guard_is_silent_when_the_rule_improves_and_is_per_sample(params):
-    cfg = jiio.JIIO(step_size=0.05, max_steps=30)
+    cfg = jiio.JIIO(step_size=0.05, max_steps=30, no_worse_than_start=True)
     good = jax.jit(solve, static_argnums=0)(cfg, params)
     reference = jax.jit(solve, static_argnums=0)(
         dataclasses.replace(cfg, no_worse_than_start=False), params
@@ -89,7 +89,7 @@ def test_guard_with_tolerance_and_nonfinite_points(params):
     """With a tolerance (while loop) and a cost that is NaN away from x0: a finite point no
     worse than the start is returned."""
     nan_away = lambda z, x, p: cost(z, x, p) + jnp.where(jnp.any(x != 0), jnp.nan, 0.0)
-    cfg = jiio.JIIO(step_size=0.1, max_steps=20, tol=1e-8)
+    cfg = jiio.JIIO(step_size=0.1, max_steps=20, tol=1e-8, no_worse_than_start=True)
     sol = jax.jit(
         lambda p: jiio.solve(layer, nan_away, jnp.zeros(NZ), jnp.zeros(NX), p, solver=cfg)
     )(params)
@@ -99,6 +99,7 @@ def test_guard_with_tolerance_and_nonfinite_points(params):
 
 
 def test_guard_fields_validate():
+    assert jiio.JIIO(step_size=0.1).no_worse_than_start is False  # opt-in: the reference
     with pytest.raises(ValueError, match="`no_worse_than_start` must be a bool"):
         jiio.JIIO(step_size=0.1, no_worse_than_start=1)
     with pytest.raises(TypeError, match="`start_solver` must be a solver instance"):
@@ -156,7 +157,9 @@ def test_safeguarded_jiio_still_reaches_the_tolerance(params):
     assert int(sol.num_steps) != int(ref.num_steps)  # the safeguard changed the iteration
     np.testing.assert_allclose(np.asarray(sol.x), np.asarray(ref.x), atol=1e-7)
     # Type-II through the solvers' AndersonCore: restarts change the run, which stays finite.
-    type2 = dataclasses.replace(cfg, anderson_type="type2", tol=None, max_steps=60)
+    type2 = dataclasses.replace(
+        cfg, anderson_type="type2", tol=None, max_steps=60, no_worse_than_start=True
+    )
     sol2 = jax.jit(solve, static_argnums=0)(type2, params)
     ref2 = jax.jit(solve, static_argnums=0)(dataclasses.replace(type2, stall_steps=0), params)
     assert not np.array_equal(np.asarray(sol2.residual_trace), np.asarray(ref2.residual_trace))
