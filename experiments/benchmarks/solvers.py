@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import trained_layer  # noqa: E402
 
 import jiio_jax.solvers as js  # noqa: E402
 
@@ -923,6 +924,11 @@ def main(argv=None) -> int:
             repeats=min(cfg["repeats"], 5), smoke=args.smoke, **cfg["grad"]
         )
         print(rep["grad_md"], flush=True)
+        print(f"\n## trained layer vs optimistix (t={_t(t_start)})", flush=True)
+        rep["trained_md"] = trained_layer.agreement_section(
+            repeats=min(cfg["repeats"], 20), smoke=args.smoke
+        )
+        print(rep["trained_md"], flush=True)
 
     rep["res_png"] = os.path.join(args.out, "solvers_residuals.png")
     rep["sc_png"] = os.path.join(args.out, "solvers_time_vs_fevals.png")
@@ -1051,6 +1057,15 @@ def render_markdown(argv_used, machine, cfg, rep) -> str:
             "forward + backward.",
             "",
             rep["grad_md"],
+            "",
+            "### Gradient agreement with optimistix on a trained layer",
+            "",
+            "`trained_layer.py`: a tanh DEQ classifier trained on digits (its W is no longer a "
+            "contraction by norm); gradients of a test batch's cross-entropy from jiio_jax "
+            "(Anderson + Implicit) and optimistix (`ImplicitAdjoint`, dense linear solve) vs a "
+            "float64 dense-IFT reference.",
+            "",
+            rep["trained_md"],
             "",
         ]
     parts += [
