@@ -202,26 +202,22 @@ def anderson(
     Returns:
       A ``Solution``; ``value`` is the best iterate.
     """
-    core.check_common(max_steps, tol, stop_mode, divergence_ratio)
-    memory = core.check_positive_int("memory", memory)
-    mixing = core.check_positive_float("mixing", mixing)
-    ridge = core.check_nonnegative_float("ridge", ridge)
-    _check_safeguard(stall_steps, max_growth)
-    return core.run(
-        AndersonCore(memory, mixing, ridge, int(stall_steps), float(max_growth)),
-        fn,
-        z0,
+    return Anderson(
         max_steps=max_steps,
         tol=tol,
         stop_mode=stop_mode,
+        memory=memory,
+        mixing=mixing,
+        ridge=ridge,
+        stall_steps=stall_steps,
+        max_growth=max_growth,
         divergence_ratio=divergence_ratio,
-        unroll=unroll,
-    )
+    )(fn, z0, unroll=unroll)
 
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class Anderson:
+class Anderson(core.SolverConfig):
     """Hashable configuration of ``anderson``; ``solver(fn, z0)`` solves.
 
     A static pytree (no leaves): it can be passed to a jitted function as an argument, and
@@ -238,12 +234,17 @@ class Anderson:
     max_growth: float = math.inf
     divergence_ratio: float = 1e4
 
-    def __post_init__(self):
-        core.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+    def check(self):
         core.check_positive_int("memory", self.memory)
         core.check_positive_float("mixing", self.mixing)
         core.check_nonnegative_float("ridge", self.ridge)
         _check_safeguard(self.stall_steps, self.max_growth)
 
-    def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
-        return anderson(fn, z0, unroll=unroll, **dataclasses.asdict(self))
+    def algorithm(self):
+        return AndersonCore(
+            int(self.memory),
+            float(self.mixing),
+            float(self.ridge),
+            int(self.stall_steps),
+            float(self.max_growth),
+        )

@@ -144,24 +144,19 @@ def broyden(
     Returns:
       A ``Solution``; ``value`` is the best iterate.
     """
-    core.check_common(max_steps, tol, stop_mode, divergence_ratio)
-    memory = core.check_positive_int("memory", memory)
-    _check_full_memory(full_memory)
-    return core.run(
-        BroydenCore(memory, full_memory),
-        fn,
-        z0,
+    return Broyden(
         max_steps=max_steps,
         tol=tol,
         stop_mode=stop_mode,
+        memory=memory,
+        full_memory=full_memory,
         divergence_ratio=divergence_ratio,
-        unroll=unroll,
-    )
+    )(fn, z0, unroll=unroll)
 
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class Broyden:
+class Broyden(core.SolverConfig):
     """Hashable configuration of ``broyden``; ``solver(fn, z0)`` solves.
 
     A static pytree (no leaves), so it can be passed to a jitted function as an argument.
@@ -174,10 +169,9 @@ class Broyden:
     full_memory: str = "restart"
     divergence_ratio: float = 1e4
 
-    def __post_init__(self):
-        core.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+    def check(self):
         core.check_positive_int("memory", self.memory)
         _check_full_memory(self.full_memory)
 
-    def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
-        return broyden(fn, z0, unroll=unroll, **dataclasses.asdict(self))
+    def algorithm(self):
+        return BroydenCore(int(self.memory), self.full_memory)

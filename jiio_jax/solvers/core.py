@@ -444,6 +444,35 @@ def run(
     return _batchable_solve(algo, fn_explicit, opts)(z0, consts)
 
 
+class SolverConfig:
+    """Mixin of the frozen solver configurations (``FixedPointIteration``, ``Anderson``,
+    ``Broyden``): validates the loop options and solves with ``run``. A subclass is a frozen
+    dataclass with fields ``max_steps``, ``tol``, ``stop_mode``, ``divergence_ratio`` and its
+    own, validates the latter in ``check`` and builds its core in ``algorithm``."""
+
+    def __post_init__(self):
+        check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+        self.check()
+
+    def check(self) -> None:
+        """Validates the algorithm's own fields (raise ``ValueError`` naming the field)."""
+
+    def algorithm(self) -> Algorithm:
+        raise NotImplementedError
+
+    def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
+        return run(
+            self.algorithm(),
+            fn,
+            z0,
+            max_steps=self.max_steps,
+            tol=self.tol,
+            stop_mode=self.stop_mode,
+            divergence_ratio=self.divergence_ratio,
+            unroll=unroll,
+        )
+
+
 def _explicit_closure(fn: Callable, z0: PyTree):
     """Rewrites ``fn(z)`` as ``fn_explicit(z, consts)`` with every captured array explicit.
 

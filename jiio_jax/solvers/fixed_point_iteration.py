@@ -66,23 +66,18 @@ def fixed_point_iteration(
     Raises:
       ValueError: on invalid hyper-parameters or if ``fn`` changes structure/shape/dtype.
     """
-    core.check_common(max_steps, tol, stop_mode, divergence_ratio)
-    damping = core.check_positive_float("damping", damping)
-    return core.run(
-        FixedPointCore(damping),
-        fn,
-        z0,
+    return FixedPointIteration(
         max_steps=max_steps,
         tol=tol,
         stop_mode=stop_mode,
+        damping=damping,
         divergence_ratio=divergence_ratio,
-        unroll=unroll,
-    )
+    )(fn, z0, unroll=unroll)
 
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class FixedPointIteration:
+class FixedPointIteration(core.SolverConfig):
     """Hashable configuration of ``fixed_point_iteration``; ``solver(fn, z0)`` solves.
 
     A static pytree (no leaves), so it can be passed to a jitted function as an argument.
@@ -94,9 +89,8 @@ class FixedPointIteration:
     damping: float = 1.0
     divergence_ratio: float = 1e4
 
-    def __post_init__(self):
-        core.check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
+    def check(self):
         core.check_positive_float("damping", self.damping)
 
-    def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
-        return fixed_point_iteration(fn, z0, unroll=unroll, **dataclasses.asdict(self))
+    def algorithm(self):
+        return FixedPointCore(float(self.damping))
