@@ -58,3 +58,16 @@ def test_jiio_z_derivatives_match_unrolled_at_fixed_x():
     h_ref = jax.hessian(loss(unrolled))(w)
     assert np.max(np.abs(h_ref)) > 1e-3
     np.testing.assert_allclose(h, h_ref, atol=1e-7)
+
+
+def test_jiio_on_failure_nan_marks_a_failed_adjoint():
+    w, u = _problem()
+    bad = Implicit(solver=FixedPointIteration(max_steps=2, tol=1e-12))
+
+    def loss(w, on_failure):
+        solver = jiio.JIIO(step_size=0.2, max_steps=40, backward=bad, on_failure=on_failure)
+        return jnp.sum(solver(layer, cost, jnp.zeros(NZ), jnp.zeros(NX), w, u).z ** 2)
+
+    assert np.all(np.isfinite(jax.grad(loss)(w, "ignore")))
+    assert np.all(np.isnan(jax.grad(loss)(w, "nan")))
+    assert np.isfinite(loss(w, "nan"))  # the value itself is not touched

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jiio_jax.deq import Implicit, implicit_equilibrium
+from jiio_jax.deq import ON_FAILURE, Implicit, implicit_equilibrium
 from jiio_jax.deq.backward import BACKWARD_MODES, Unrolled
 from jiio_jax.jiio import _accelerators, _problem
 from jiio_jax.jiio._augmented import (
@@ -158,6 +158,9 @@ class JIIO:
       step_scale: positive scalar multiplying every step (default 1.0); the one field that may
         be a traced array, e.g. an attack radius warmed up inside the training step, so that
         ``step_size`` stays relative to it.
+      on_failure: what a failed implicit-gradient (adjoint / tangent) solve of the returned
+        ``z`` does: ``"ignore"``, ``"nan"`` (its derivatives are NaN) or ``"raise"``; see
+        ``jiio_jax.deq.fixed_point``. The training tasks use ``"nan"``.
     """
 
     step_size: Any
@@ -183,6 +186,7 @@ class JIIO:
     start_solver: Any = Anderson(max_steps=50, tol=1e-4)
     stall_steps: int = 0
     max_growth: float = math.inf
+    on_failure: str = "ignore"
 
     def __post_init__(self):
         object.__setattr__(self, "step_size", as_schedule(self.step_size))
@@ -217,6 +221,7 @@ class JIIO:
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
         check_positive_float("normalize_eps", self.normalize_eps)
         _check_choice("best_iterate", self.best_iterate, BEST_ITERATE_RULES)
+        _check_choice("on_failure", self.on_failure, ON_FAILURE)
         if isinstance(self.accept_first, bool) or not isinstance(self.accept_first, int):
             raise ValueError(f"`accept_first` must be an int >= 0, got {self.accept_first!r}.")
         if self.accept_first < 0:
@@ -539,7 +544,13 @@ def solve(
     if adjoint_init_scale is not None:
         adjoint_init = jax.tree.map(lambda m: adjoint_init_scale * m, mu_star)
     z_diff = implicit_equilibrium(
-        prob.f, z_star, x_star, *prob.args, backward=solver.backward, adjoint_init=adjoint_init
+        prob.f,
+        z_star,
+        x_star,
+        *prob.args,
+        backward=solver.backward,
+        adjoint_init=adjoint_init,
+        on_failure=solver.on_failure,
     )
     steps = jnp.arange(T)
     sample = None
