@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jiio_jax.configs.common import (
+    ON_FAILURE,
     backward,
     build_arch,
     check_bool,
@@ -113,7 +114,7 @@ def default_model_config() -> ml_collections.ConfigDict:
             "mdeq": mdeq_section(),
             "jiio": library_section(
                 JIIO,
-                exclude=("backward", "step_scale", "normalize_step"),
+                exclude=("backward", "step_scale", "normalize_step", "on_failure"),
                 max_steps=40,
                 step_size=0.8,
                 z_damping=1.0,
@@ -217,7 +218,9 @@ def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
     epsilon = check_float("epsilon", m.epsilon, positive=True)
     bwd = backward("model.backward", m.backward)
     # Relative step sizes: the task sets step_scale to the radius step at each use.
-    jiio = splat("model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True)
+    jiio = splat(
+        "model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True, on_failure=ON_FAILURE
+    )
     pgd_settings = read_pgd(m.pgd)
 
     eval_epsilon, eval_pgd, eval_jiio = _read_eval(config, epsilon, m.pgd, jiio)

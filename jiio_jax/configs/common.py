@@ -125,6 +125,12 @@ def override_arch(model: ml_collections.ConfigDict, arch: str = "", **mdeq_field
 
 
 # -- reading: config sections splat into the library's dataclasses ---------------------------
+# What a failed equilibrium / adjoint solve does in the training tasks (MDEQ models and JIIO):
+# NaN values and gradients, so the loop's non-finite check stops the run naming the step
+# instead of training on a wrong gradient (see jiio_jax.deq.fixed_point).
+ON_FAILURE = "nan"
+
+
 def library_section(cls: type, *, exclude: tuple[str, ...] = (), **values: Any):
     """A config section holding every field of the library dataclass ``cls`` (but ``exclude``):
     ``values`` where given, else a typed ``None`` placeholder that :func:`splat` leaves to the

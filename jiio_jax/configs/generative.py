@@ -86,7 +86,7 @@ def default_model_config() -> ml_collections.ConfigDict:
             "mdeq": mdeq_section(),
             "jiio": library_section(
                 JIIO,
-                exclude=("backward", "step_scale"),
+                exclude=("backward", "step_scale", "on_failure"),
                 max_steps=100,
                 memory=40,
                 step_size=0.01,

@@ -74,7 +74,7 @@ def default_model_config() -> ml_collections.ConfigDict:
             "context_l2": 1.0,
             "jiio": library_section(
                 JIIO,
-                exclude=("backward", "step_scale"),
+                exclude=("backward", "step_scale", "on_failure"),
                 max_steps=100,
                 memory=10,
                 step_size=0.04,

@@ -106,10 +106,15 @@ class GenerativeTask(Task):
         self.warm_start = cc.check_bool("warm_start", m.warm_start)
         backward = cc.backward("model.backward", m.backward)
         self.model = MDEQGenerator(
-            self.arch, solver=cc.solver("model.forward", m.forward), backward=backward
+            self.arch,
+            solver=cc.solver("model.forward", m.forward),
+            backward=backward,
+            on_failure=cc.ON_FAILURE,
         )
         if self.method == "jiio":
-            self.jiio = cc.splat("model.jiio", jiio.JIIO, m.jiio, backward=backward)
+            self.jiio = cc.splat(
+                "model.jiio", jiio.JIIO, m.jiio, backward=backward, on_failure=cc.ON_FAILURE
+            )
         else:
             v = m.vae
             channels = tuple(

@@ -134,9 +134,14 @@ class MetaTask(Task):
         self.jac_probes = check_int("jac_probes", m.jac_probes, 1)
         backward = cc.backward("model.backward", m.backward)
         self.model = MDEQMetaLearner(
-            self.arch, solver=cc.solver("model.forward", m.forward), backward=backward
+            self.arch,
+            solver=cc.solver("model.forward", m.forward),
+            backward=backward,
+            on_failure=cc.ON_FAILURE,
         )
-        self.jiio = cc.splat("model.jiio", jiio.JIIO, m.jiio, backward=backward)
+        self.jiio = cc.splat(
+            "model.jiio", jiio.JIIO, m.jiio, backward=backward, on_failure=cc.ON_FAILURE
+        )
         self.adam = build_adam(m.adam)
         self.num_support = self.data.n_way * self.data.k_shot
         # Builds the class pools now, so a split too small for n_way fails at construction.
