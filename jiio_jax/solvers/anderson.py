@@ -202,16 +202,9 @@ def anderson(
     Returns:
       A ``Solution``; ``value`` is the best iterate.
     """
+    # Positional: the dataclass's field order.
     return Anderson(
-        max_steps=max_steps,
-        tol=tol,
-        stop_mode=stop_mode,
-        memory=memory,
-        mixing=mixing,
-        ridge=ridge,
-        stall_steps=stall_steps,
-        max_growth=max_growth,
-        divergence_ratio=divergence_ratio,
+        max_steps, tol, stop_mode, memory, mixing, ridge, stall_steps, max_growth, divergence_ratio
     )(fn, z0, unroll=unroll)
 
 

@@ -144,14 +144,10 @@ def broyden(
     Returns:
       A ``Solution``; ``value`` is the best iterate.
     """
-    return Broyden(
-        max_steps=max_steps,
-        tol=tol,
-        stop_mode=stop_mode,
-        memory=memory,
-        full_memory=full_memory,
-        divergence_ratio=divergence_ratio,
-    )(fn, z0, unroll=unroll)
+    # Positional: the dataclass's field order.
+    return Broyden(max_steps, tol, stop_mode, memory, full_memory, divergence_ratio)(
+        fn, z0, unroll=unroll
+    )
 
 
 @jax.tree_util.register_static

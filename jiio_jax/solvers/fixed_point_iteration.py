@@ -66,13 +66,10 @@ def fixed_point_iteration(
     Raises:
       ValueError: on invalid hyper-parameters or if ``fn`` changes structure/shape/dtype.
     """
-    return FixedPointIteration(
-        max_steps=max_steps,
-        tol=tol,
-        stop_mode=stop_mode,
-        damping=damping,
-        divergence_ratio=divergence_ratio,
-    )(fn, z0, unroll=unroll)
+    # Positional: the dataclass's field order.
+    return FixedPointIteration(max_steps, tol, stop_mode, damping, divergence_ratio)(
+        fn, z0, unroll=unroll
+    )
 
 
 @jax.tree_util.register_static
