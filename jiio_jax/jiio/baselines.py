@@ -36,7 +36,7 @@ from jiio_jax.jiio._pytree import check_instance
 from jiio_jax.jiio.projections import as_projection
 from jiio_jax.jiio.schedules import as_schedule
 from jiio_jax.solvers import Anderson, Broyden
-from jiio_jax.solvers.core import check_positive_float, check_positive_int
+from jiio_jax.solvers.core import check_positive_float, check_positive_int, check_solver
 
 PyTree = Any
 
@@ -70,18 +70,6 @@ def _check_backward(backward: Any) -> None:
         raise ValueError(
             "`backward` must be Implicit, Neumann, OneStep or Phantom (jiio_jax.deq), got "
             f"{backward!r}."
-        )
-
-
-def _check_solver(name: str, solver: Any) -> None:
-    if isinstance(solver, type):
-        raise TypeError(
-            f"`{name}` must be a solver instance such as Anderson(), got the class "
-            f"{solver.__name__} itself; call it with its fields."
-        )
-    if not callable(solver):
-        raise TypeError(
-            f"`{name}` must be a solver configuration (e.g. Anderson()), got {solver!r}."
         )
 
 
@@ -140,7 +128,7 @@ def inner_adam(
     """
     num_steps = check_positive_int("num_steps", num_steps)
     check_positive_float("learning_rate", learning_rate)
-    _check_solver("forward_solver", forward_solver)
+    check_solver(forward_solver, "forward_solver")
     _check_backward(backward)
     proj = as_projection(projection)
     prob = _problem.prepare(f, cost, z0, x0, args, proj)
@@ -231,7 +219,7 @@ def pgd(
     if direction not in PGD_DIRECTIONS:
         raise ValueError(f"`direction` must be one of {PGD_DIRECTIONS}, got {direction!r}.")
     check_positive_float("normalize_eps", normalize_eps)
-    _check_solver("forward_solver", forward_solver)
+    check_solver(forward_solver, "forward_solver")
     _check_backward(backward)
     proj = as_projection(projection)
     prob = _problem.prepare(f, cost, z0, x0, args, proj)
@@ -298,7 +286,7 @@ def projected_adam(
     """
     num_steps = check_positive_int("num_steps", num_steps)
     check_positive_float("learning_rate", learning_rate)
-    _check_solver("forward_solver", forward_solver)
+    check_solver(forward_solver, "forward_solver")
     check_instance("adjoint", adjoint, (Implicit,), "Implicit(Broyden())")
     if not isinstance(adjoint, Implicit):
         raise TypeError(f"`adjoint` must be an Implicit(solver) (jiio_jax.deq), got {adjoint!r}.")

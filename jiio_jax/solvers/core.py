@@ -231,7 +231,7 @@ def check_solver(obj: Any, name: str = "solver") -> Any:
     """
     if isinstance(obj, type):
         raise TypeError(
-            f"`{name}` must be a solver instance, got the class {obj.__name__}; pass an "
+            f"`{name}` must be a solver instance, got the class {obj.__name__} itself; pass an "
             f"instance, e.g. {obj.__name__}() or {obj.__name__}(max_steps=50, tol=1e-4)."
         )
     if not callable(obj):
