@@ -18,6 +18,7 @@ from ml_collections import config_dict
 
 from jiio_jax.configs.common import (
     ON_FAILURE,
+    SMALL_MDEQ,
     backward,
     build_arch,
     check_bool,
@@ -25,9 +26,8 @@ from jiio_jax.configs.common import (
     check_float,
     check_int,
     data_image_shape,
-    library_section,
+    deq_model_sections,
     make_small_loop,
-    mdeq_section,
     override_arch,
     solver,
     splat,
@@ -102,7 +102,6 @@ def default_model_config() -> ml_collections.ConfigDict:
         equilibrium. PGD / clean training always use the equilibrium.
       num_image_examples: images shown by ``Task.images``.
     """
-    solver_section = {"name": "anderson", "max_steps": 30, "tol": 1e-4, "memory": 5}
     return ml_collections.ConfigDict(
         {
             "method": "jiio",
@@ -110,19 +109,16 @@ def default_model_config() -> ml_collections.ConfigDict:
             "epsilon": 1.0,
             "epsilon_warmup_steps": 0,
             "clip_pixels": True,
-            "arch": "mnist_cls",
-            "mdeq": mdeq_section(),
-            "jiio": library_section(
-                JIIO,
-                exclude=("backward", "step_scale", "normalize_step", "on_failure"),
+            **deq_model_sections(
+                "mnist_cls",
+                solver={"name": "anderson", "max_steps": 30, "tol": 1e-4, "memory": 5},
+                jiio_fixed=("normalize_step",),
                 max_steps=40,
                 step_size=0.8,
                 z_damping=1.0,
                 mu_damping=1.0,
             ),
             "pgd": {"steps": 10, "step_size": 0.25, "random_start": False},
-            "forward": dict(solver_section),
-            "backward": {"name": "implicit", "solver": dict(solver_section)},
             "warm_start": True,
             "jac_weight": 0.01,
             "jac_probes": 2,
@@ -337,17 +333,7 @@ def make_small(config: ml_collections.ConfigDict) -> None:
     2-6 solver / attack steps. For smoke tests of the whole pipeline; nothing is learnt."""
     make_small_loop(config, num_train_steps=4)
     m = config.model
-    override_arch(
-        m,
-        channels=(4,),
-        expansion=1,
-        block_groups=2,
-        num_groups=2,
-        aux_groups=2,
-        num_classes=10,
-        head_channels=(2,),
-        final_channels=8,
-    )
+    override_arch(m, **SMALL_MDEQ, num_classes=10, head_channels=(2,), final_channels=8)
     m.jiio.update(max_steps=4, memory=2, trajectory_min_step=1)
     m.pgd.steps = 2
     m.forward.update(max_steps=6, memory=2)

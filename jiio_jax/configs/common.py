@@ -21,6 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jiio_jax import deq, solvers
+from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import CONFIGS, MDEQConfig
 
 _TUPLE_FIELDS = ("channels", "head_channels")
@@ -122,6 +123,11 @@ def override_arch(model: ml_collections.ConfigDict, arch: str = "", **mdeq_field
     for field in model.mdeq:
         model.mdeq[field] = None
     model.mdeq.update(mdeq_fields)
+
+
+# The ``:small`` variants' one-branch, 4-channel MDEQ (``override_arch(m, **SMALL_MDEQ, ...)``
+# plus the task's own fields).
+SMALL_MDEQ = {"channels": (4,), "expansion": 1, "block_groups": 2, "num_groups": 2, "aux_groups": 2}
 
 
 # -- reading: config sections splat into the library's dataclasses ---------------------------
@@ -253,6 +259,32 @@ def mdeq_section(*fixed: str) -> ml_collections.ConfigDict:
     """``config.model.mdeq``: a typed ``None`` placeholder per ``MDEQConfig`` field but
     ``image_shape`` and the task's ``fixed`` ones (overrides of ``model.arch``)."""
     return library_section(MDEQConfig, exclude=("image_shape", *fixed))
+
+
+# JIIO fields no config section holds: every task passes them itself (``backward`` built from
+# ``model.backward``, ``on_failure=ON_FAILURE``, ``step_scale`` where the task has one).
+JIIO_TASK_FIELDS = ("backward", "step_scale", "on_failure")
+
+
+def deq_model_sections(
+    arch: str,
+    solver: dict[str, Any],
+    *,
+    mdeq_fixed: tuple[str, ...] = (),
+    jiio_fixed: tuple[str, ...] = (),
+    **jiio: Any,
+) -> dict[str, Any]:
+    """The ``config.model`` fields every task's defaults share: ``arch``, ``mdeq``
+    (``mdeq_section(*mdeq_fixed)``), ``jiio`` (``library_section(JIIO, ...)`` with ``jiio``'s
+    values, without ``JIIO_TASK_FIELDS`` and ``jiio_fixed``), and ``forward`` / ``backward``
+    (implicit) sections on copies of one ``solver`` section."""
+    return {
+        "arch": arch,
+        "mdeq": mdeq_section(*mdeq_fixed),
+        "jiio": library_section(JIIO, exclude=(*JIIO_TASK_FIELDS, *jiio_fixed), **jiio),
+        "forward": dict(solver),
+        "backward": {"name": "implicit", "solver": dict(solver)},
+    }
 
 
 def build_arch(

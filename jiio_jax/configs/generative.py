@@ -13,13 +13,11 @@ from jiio_jax.configs.common import (
     build_arch,
     data_config,
     data_image_shape,
+    deq_model_sections,
     experiment_config,
-    library_section,
     make_small_loop,
-    mdeq_section,
     override_arch,
 )
-from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "vae")
@@ -75,25 +73,20 @@ def default_model_config() -> ml_collections.ConfigDict:
       sample_ridge: JIIO samples: ridge added to the latents' covariance, relative to its mean
         eigenvalue.
     """
-    solver = {"name": "anderson", "max_steps": 18, "tol": 1e-4, "memory": 5}
     return ml_collections.ConfigDict(
         {
             "method": "jiio",
             "corruption": "none",
             "hole": 20,
             "noise_sigma": 0.2,
-            "arch": "celeba_gen",
-            "mdeq": mdeq_section(),
-            "jiio": library_section(
-                JIIO,
-                exclude=("backward", "step_scale", "on_failure"),
+            **deq_model_sections(
+                "celeba_gen",
+                solver={"name": "anderson", "max_steps": 18, "tol": 1e-4, "memory": 5},
                 max_steps=100,
                 memory=40,
                 step_size=0.01,
                 final_step_size=0.003,
             ),
-            "forward": dict(solver),
-            "backward": {"name": "implicit", "solver": dict(solver)},
             "warm_start": True,
             "latent_penalty": 0.0,
             "jac_weight": 2.0,

@@ -14,18 +14,17 @@ from typing import Any
 import ml_collections
 
 from jiio_jax.configs.common import (
+    SMALL_MDEQ,
     build_arch,
     check_choice,
     check_float,
     check_int,
-    library_section,
+    deq_model_sections,
     make_small_loop,
-    mdeq_section,
     override_arch,
     solver,
 )
 from jiio_jax.configs.common import experiment_config as base_experiment_config
-from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "projected_adam")
@@ -64,30 +63,26 @@ def default_model_config() -> ml_collections.ConfigDict:
         query equilibrium (reference 0.5; 0 disables it).
       jac_probes: Hutchinson probes (reference 2).
     """
-    solver = {"name": "broyden", "max_steps": 18, "tol": 1e-5, "memory": 18}
     return ml_collections.ConfigDict(
         {
             "method": "jiio",
             "eval_methods": ("jiio", "projected_adam"),
-            "arch": "omniglot_meta",
-            "mdeq": mdeq_section("n_way"),
-            "context_l2": 1.0,
-            "jiio": library_section(
-                JIIO,
-                exclude=("backward", "step_scale", "on_failure"),
+            **deq_model_sections(
+                "omniglot_meta",
+                solver={"name": "broyden", "max_steps": 18, "tol": 1e-5, "memory": 18},
+                mdeq_fixed=("n_way",),
                 max_steps=100,
                 memory=10,
                 step_size=0.04,
                 final_step_size=0.01,
                 anderson_type="type2",
             ),
+            "context_l2": 1.0,
             "adam": {
                 "num_steps": 20,
                 "learning_rate": 0.1,
                 "solver": {"name": "broyden", "max_steps": 20, "tol": 1e-5, "memory": 20},
             },
-            "forward": dict(solver),
-            "backward": {"name": "implicit", "solver": dict(solver)},
             "jac_weight": 0.5,
             "jac_probes": 2,
         }
@@ -182,17 +177,7 @@ def make_small(config: ml_collections.ConfigDict) -> None:
     make_small_loop(config, num_train_steps=2)
     config.data.update(n_way=3, k_shot=1, n_query=1, num_test_episodes=4, num_workers=0)
     m = config.model
-    override_arch(
-        m,
-        channels=(4,),
-        context_dim=4,
-        expansion=1,
-        block_groups=2,
-        num_groups=2,
-        aux_groups=2,
-        stem_convs=1,
-        meta_pool=4,
-    )
+    override_arch(m, **SMALL_MDEQ, context_dim=4, stem_convs=1, meta_pool=4)
     m.jiio.update(max_steps=8, memory=3, final_step_size=None)
     m.adam.num_steps = 3
     m.adam.solver.update(max_steps=4, memory=4)
