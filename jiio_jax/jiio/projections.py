@@ -86,9 +86,30 @@ class Unconstrained:
         return jnp.zeros((), jnp.result_type(leaf))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Ball:
+    r"""A norm ball :math:`\{x : \|x - c\| \le r\}` over the whole pytree: the fields, their
+    check, the centring and the violation. A subclass gives the norm (``_norm``) and the
+    projection of the offset ``d = x - c`` onto the ball around 0 (``_project_offset``)."""
+
+    radius: Any
+    center: Any = None
+
+    def __post_init__(self):
+        _check_concrete("radius", self.radius, positive=True)
+
+    def __call__(self, x: PyTree) -> PyTree:
+        center = _broadcast_like(self.center, x, "center")
+        return _plus(self._project_offset(_minus(x, center)), center)
+
+    def violation(self, x: PyTree) -> jax.Array:
+        norm = self._norm(_minus(x, _broadcast_like(self.center, x, "center")))
+        return jnp.maximum(norm - self.radius, 0.0)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class L2Ball:
+class L2Ball(_Ball):
     r"""The ball :math:`\{x : \|x - c\|_2 \le r\}`; ``proj(x) = c + (x - c) \min(1, r/\|x - c\|)``.
 
     Points outside land a few ulps inside the sphere, so ``||proj(x) - c|| <= r`` holds exactly
@@ -100,31 +121,21 @@ class L2Ball:
         pytree like ``x``.
     """
 
-    radius: Any
-    center: Any = None
+    _norm = staticmethod(_l2_norm)
 
-    def __post_init__(self):
-        _check_concrete("radius", self.radius, positive=True)
-
-    def __call__(self, x: PyTree) -> PyTree:
-        center = _broadcast_like(self.center, x, "center")
-        d = _minus(x, center)
+    def _project_offset(self, d: PyTree) -> PyTree:
         norm = _l2_norm(d)
         # Shrink by a few ulps so rounding in the scaling and in a later norm cannot put the
         # result outside the ball: callers check ``||x|| <= r`` exactly.
         eps = jnp.finfo(norm.dtype).eps
         shrink = self.radius * (1 - 8 * eps) / jnp.where(norm > 0, norm, 1.0)
         scale = jnp.where(norm > self.radius, shrink, 1.0)
-        return _plus(jax.tree.map(lambda a: (a * scale).astype(a.dtype), d), center)
-
-    def violation(self, x: PyTree) -> jax.Array:
-        norm = _l2_norm(_minus(x, _broadcast_like(self.center, x, "center")))
-        return jnp.maximum(norm - self.radius, 0.0)
+        return jax.tree.map(lambda a: (a * scale).astype(a.dtype), d)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class LinfBall:
+class LinfBall(_Ball):
     r"""The ball :math:`\{x : \|x - c\|_\infty \le r\}`; ``proj`` clips ``x - c`` to ``[-r, r]``.
 
     Attributes:
@@ -132,20 +143,10 @@ class LinfBall:
       center: ``None`` (origin), a scalar, or a pytree like ``x``.
     """
 
-    radius: Any
-    center: Any = None
+    _norm = staticmethod(_linf_norm)
 
-    def __post_init__(self):
-        _check_concrete("radius", self.radius, positive=True)
-
-    def __call__(self, x: PyTree) -> PyTree:
-        center = _broadcast_like(self.center, x, "center")
-        d = _minus(x, center)
-        return _plus(jax.tree.map(lambda a: jnp.clip(a, -self.radius, self.radius), d), center)
-
-    def violation(self, x: PyTree) -> jax.Array:
-        norm = _linf_norm(_minus(x, _broadcast_like(self.center, x, "center")))
-        return jnp.maximum(norm - self.radius, 0.0)
+    def _project_offset(self, d: PyTree) -> PyTree:
+        return jax.tree.map(lambda a: jnp.clip(a, -self.radius, self.radius), d)
 
 
 @jax.tree_util.register_dataclass
