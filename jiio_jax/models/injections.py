@@ -27,6 +27,28 @@ from jiio_jax.models import layers
 Dtype = Any
 
 
+def _check_one_sample(arg: str, x: jax.Array, shape: tuple[int, ...], layout: str = "") -> None:
+    """``ValueError`` unless argument ``arg`` is one sample of ``shape``: every map works on one
+    sample (``layout`` names its axes in the message)."""
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(
+            f"`{arg}` must have shape {tuple(shape)} (one sample{layout}); got "
+            f"{tuple(x.shape)}. Batch with jax.vmap."
+        )
+
+
+def _torch_dense(features: int, fan_in: int, param_dtype: Dtype, name: str) -> nn.Dense:
+    """``nn.Dense`` with PyTorch's default ``nn.Linear`` init for ``fan_in`` inputs (the
+    reference never re-initialises its linear maps)."""
+    return nn.Dense(
+        features,
+        kernel_init=layers.torch_kernel_init,
+        bias_init=layers.torch_bias_init(fan_in),
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
 class ImageStem(layers.ArchModule):
     """Image -> injection into branch 0 (the reference's ``downsample`` [+ ``stage0``]).
 
@@ -47,11 +69,7 @@ class ImageStem(layers.ArchModule):
           A tuple with ``u_0`` of shape ``[H, W, C_0]`` and ``None`` for the other branches.
         """
         cfg = self.config
-        if tuple(image.shape) != cfg.image_shape:
-            raise ValueError(
-                f"`image` must have shape {cfg.image_shape} (one sample, [H, W, C]); got "
-                f"{tuple(image.shape)}. Batch with jax.vmap."
-            )
+        _check_one_sample("image", image, cfg.image_shape, ", [H, W, C]")
         c0 = cfg.channels[0]
         u = image
         for s in range(cfg.stem_convs):
@@ -95,21 +113,11 @@ class LatentMaps(layers.ArchModule):
         """Maps ``latent`` ``[latent_dim]`` to per-branch ``[H_i, W_i, C_i]`` injections."""
         cfg = self.config
         cfg.require("latent_dim", by="LatentMaps")
-        if tuple(latent.shape) != (cfg.latent_dim,):
-            raise ValueError(
-                f"`latent` must have shape ({cfg.latent_dim},) (one sample); got "
-                f"{tuple(latent.shape)}. Batch with jax.vmap."
-            )
+        _check_one_sample("latent", latent, (cfg.latent_dim,))
         out = []
         for i, shape in enumerate(cfg.branch_shapes):
             size = shape[0] * shape[1] * shape[2]
-            dense = nn.Dense(
-                size,
-                kernel_init=layers.torch_kernel_init,
-                bias_init=layers.torch_bias_init(cfg.latent_dim),
-                param_dtype=self.param_dtype,
-                name=f"map{i}",
-            )
+            dense = _torch_dense(size, cfg.latent_dim, self.param_dtype, f"map{i}")
             out.append(dense(latent).reshape(shape))
         return tuple(out)
 
@@ -131,22 +139,12 @@ class FiLM(layers.ArchModule):
         """Maps ``context`` ``[context_dim]`` to per-branch ``([E*C_i], [E*C_i])`` pairs."""
         cfg = self.config
         cfg.require("context_dim", by="FiLM")
-        if tuple(context.shape) != (cfg.context_dim,):
-            raise ValueError(
-                f"`context` must have shape ({cfg.context_dim},) (one sample); got "
-                f"{tuple(context.shape)}. Batch with jax.vmap."
-            )
+        _check_one_sample("context", context, (cfg.context_dim,))
         chunks = jnp.split(context, cfg.num_branches)
         chunk = cfg.context_dim // cfg.num_branches
         out = []
         for i, (v, c) in enumerate(zip(chunks, cfg.channels, strict=True)):
-            film = nn.Dense(
-                2 * cfg.expansion * c,
-                kernel_init=layers.torch_kernel_init,
-                bias_init=layers.torch_bias_init(chunk),
-                param_dtype=self.param_dtype,
-                name=f"film{i}",
-            )(v)
+            film = _torch_dense(2 * cfg.expansion * c, chunk, self.param_dtype, f"film{i}")(v)
             scale, shift = jnp.split(film, 2)
             out.append((scale, shift))
         return tuple(out)
