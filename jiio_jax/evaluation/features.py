@@ -28,6 +28,7 @@ of a non-symmetric product can return).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -74,6 +75,32 @@ class FeatureCNN(nn.Module):
         return nn.Dense(self.num_classes)(feats), feats
 
 
+@contextlib.contextmanager
+def _local_iterator(
+    data_config: Any, split: str, batch_size: int, *, seed: int, train: bool
+) -> Iterator[Any]:
+    """``make_iterator`` over the whole split on this process alone, closed on exit (it may
+    own worker processes). ``train``: shuffled, endless, full batches; else stored order, one
+    pass, nothing dropped."""
+    it = make_iterator(
+        data_config,
+        split,
+        batch_size,
+        seed=seed,
+        shuffle=train,
+        repeat=train,
+        drop_remainder=train,
+        process_index=0,
+        process_count=1,
+    )
+    try:
+        yield it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
 def padded_batches(
     data_config: Any, split: str, batch_size: int, limit: int | None, *, seed: int
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
@@ -81,19 +108,8 @@ def padded_batches(
     ``(batch, num_valid)`` with every batch padded to ``batch_size`` by repeating its last
     example (so a jitted function compiles once); rows ``>= num_valid`` are padding.
     No shuffling, no repetition, nothing dropped."""
-    it = make_iterator(
-        data_config,
-        split,
-        batch_size,
-        seed=seed,
-        shuffle=False,
-        repeat=False,
-        drop_remainder=False,
-        process_index=0,
-        process_count=1,
-    )
     seen = 0
-    try:
+    with _local_iterator(data_config, split, batch_size, seed=seed, train=False) as it:
         for batch in it:
             n = len(batch["image"])
             if limit is not None:
@@ -109,10 +125,6 @@ def padded_batches(
             seen += n
             if limit is not None and seen >= limit:
                 break
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
 
 
 @dataclasses.dataclass
@@ -181,24 +193,9 @@ def _train_batches(
             idx, order = order[:batch_size], order[batch_size:]
             yield images[idx], labels[idx]
         return
-    it = make_iterator(
-        data_config,
-        "train",
-        batch_size,
-        seed=CLASSIFIER_SEED,
-        shuffle=True,
-        repeat=True,
-        drop_remainder=True,
-        process_index=0,
-        process_count=1,
-    )
-    try:
+    with _local_iterator(data_config, "train", batch_size, seed=CLASSIFIER_SEED, train=True) as it:
         for _, batch in zip(range(steps), it, strict=False):
             yield np.asarray(batch["image"], np.float32), np.asarray(batch["label"], np.int32)
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
 
 
 def _train(data_config: Any, module: FeatureCNN, image_shape: tuple[int, ...]) -> Any:
