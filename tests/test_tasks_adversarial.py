@@ -183,6 +183,73 @@ def test_attacks_stay_in_threat_set_and_reduce_accuracy(trained, norm, epsilon):
     assert acc_jiio < clean - 0.2, (clean, acc_jiio)
 
 
+def _reference_pgd(task, params, images, labels, threats, steps, step_size, delta):
+    """The attacks' PGD written out: ``delta += step_size r d(grad CE)``, projected."""
+    radius = jnp.reshape(jnp.asarray(threats.radius, F32), (-1, 1, 1, 1))
+    for _ in range(steps):
+        g = jax.grad(lambda d: jnp.sum(cross_entropy(task.model(params, images + d)[0], labels)))(
+            delta
+        )
+        if threats.norm == "l2":
+            d = g / (jnp.sqrt(jnp.sum(g * g, axis=(1, 2, 3), keepdims=True)) + 1e-12)
+        else:
+            d = jnp.sign(g)
+        delta = jax.vmap(lambda t, x: t(x))(threats, delta + step_size * radius * d)
+    return delta
+
+
+@pytest.mark.parametrize(("norm", "epsilon", "random"), [("l2", 0.5, True), ("linf", 0.1, False)])
+def test_attack_pgd_is_jiio_pgd(norm, epsilon, random):
+    """The training and evaluation PGD is ``jiio.pgd`` on the task's inner problem (identical
+    outputs), with the attack semantics (ascent on the CE, normalised L2 / sign linf steps of
+    ``step_size * r``, random start, ball-and-box projection)."""
+    from jiio_jax import jiio
+    from jiio_jax.evaluation.robustness import attack_fns
+    from jiio_jax.tasks.attacks import random_start
+
+    config = small_config(norm=norm, epsilon=epsilon)
+    config.eval.update(pgd_steps=3, pgd_step_size=0.5, pgd_random_start=random)
+    task = AdversarialTask(config)
+    params = task.init_params(jax.random.key(0), digits_batch("test", 4))
+    batch = digits_batch("test", 6)
+    images, labels = batch["image"], batch["label"]
+    key = jax.random.key(3)
+    delta = jax.jit(task._eval_pgd)(params, images, labels, key)
+    fns = attack_fns(config)
+    delta_eval, fevals = fns.pgd(params, images, labels, key, jnp.int32(3))
+    threats = threat_sets(images, task.eval_radius, norm, True)
+    delta0 = random_start(key, threats, images.shape) if random else jnp.zeros_like(images)
+
+    def direct(image, label, d0):
+        p = task.inner_problem(params, {"image": image, "label": label})
+        return jiio.pgd(
+            p.f, p.cost, p.z0, d0, *p.args,
+            step_size=jnp.asarray(0.5 * task.eval_radius, F32), num_steps=3,
+            projection=p.projection, direction="normalized" if norm == "l2" else "sign",
+            normalize_eps=1e-12, forward_solver=task.model.solver, backward=task.model.backward,
+        )  # fmt: skip
+
+    sol = jax.jit(jax.vmap(direct))(images, labels, delta0)
+    # Separate compilations (the direct call also solves at the end): XLA rounding only.
+    np.testing.assert_allclose(delta, sol.x, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(delta_eval, sol.x, rtol=0, atol=1e-5)
+    # The eval count is the 3 gradient steps' forward solves (jiio.pgd's also has the final one).
+    assert np.all(np.asarray(fevals) > 0)
+    assert np.all(np.asarray(fevals) < np.asarray(sol.forward_steps))
+    ref = _reference_pgd(task, params, images, labels, threats, 3, 0.5, delta0)
+    np.testing.assert_allclose(delta, ref, atol=2e-5)
+    assert float(jnp.max(jnp.abs(delta - delta0))) > 0.1  # the steps moved delta
+
+
+def test_there_is_one_pgd_loop():
+    """No PGD iteration outside ``jiio/baselines.py``: the attacks call ``jiio.pgd``."""
+    for rel in ("tasks/attacks.py", "tasks/adversarial.py", "evaluation/robustness.py"):
+        with open(os.path.join(REPO, "jiio_jax", rel)) as f:
+            text = f.read()
+        for pattern in ("fori_loop", "lax.scan", "jnp.sign(", "def pgd_counted"):
+            assert pattern not in text, (rel, pattern)
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation: eval mode, equilibria re-solved at the perturbed input.
 # ---------------------------------------------------------------------------------------------

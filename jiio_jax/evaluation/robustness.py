@@ -45,11 +45,7 @@ import numpy as np
 
 from jiio_jax.configs import adversarial as adv_config
 from jiio_jax.losses import accuracy, cross_entropy
-from jiio_jax.tasks.attacks import (
-    pgd_attack,
-    random_start,
-    threat_sets,
-)
+from jiio_jax.tasks.attacks import pgd_attack, threat_sets
 
 F32 = jnp.float32
 # Attack-step counts above this are refused (PGD-100 on the 300 digits test images takes
@@ -129,8 +125,10 @@ def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
 class AttackFns:
     """Jitted, eval-mode attack and scoring functions of one adversarial task.
 
-    ``pgd(params, images, labels, key, steps)`` (``steps`` traced: one compilation for every
-    ``k``), ``jiio(k)(params, images, labels)`` -> ``(delta, num_steps [B])`` and
+    ``pgd(params, images, labels, key, steps)`` -> ``(delta, forward_steps [B])``
+    (``attacks.pgd_attack``, i.e. ``jiio.pgd``; ``steps`` traced: one compilation for every
+    ``k``; ``pgd_counted`` is the same function, named for the timing),
+    ``jiio(k)(params, images, labels)`` -> ``(delta, num_steps [B])`` and
     ``score(params, images, labels, delta)`` -> per-example ``(acc, ce, violation, delta_norm,
     delta_l2, forward_steps)`` at the DEQ re-solved from zero at ``images + delta``
     (norms and violations on the [0, 1] pixel scale).
@@ -151,22 +149,18 @@ class AttackFns:
             return task.model(params, images)  # No dropout key: eval mode.
 
         def pgd(params, images, labels, key, steps):
-            params = jax.lax.stop_gradient(params)
-
-            def grad_fn(delta):
-                def total(d):
-                    return jnp.sum(cross_entropy(logits_of(params, images + d)[0], labels))
-
-                return jax.grad(total)(delta)
-
-            return pgd_attack(
-                grad_fn,
+            """``(delta [B, ...], forward f-evaluations [B])`` of PGD-``steps`` (eval mode)."""
+            sol = pgd_attack(
+                task.model,
+                params,
+                images,
+                labels,
                 threats(images),
-                images.shape,
                 steps=steps,
                 step_size=s.eval_pgd.step_size,
                 key=key if s.eval_pgd.random_start else None,
             )
+            return sol.x, sol.forward_steps
 
         def score(params, images, labels, delta):
             logits, info = logits_of(params, images + delta)
@@ -179,37 +173,10 @@ class AttackFns:
             # epsilon and the reported norms are on the [0, 1] scale (slope 1/2 from [-1, 1]).
             return acc, ce, violation / 2.0, norm / 2.0, l2 / 2.0, info.num_steps
 
-        def pgd_counted(params, images, labels, key, steps):
-            """``pgd`` step for step (same formula as ``attacks.pgd_attack``), also counting
-            the forward solver's cell evaluations per example (``[B]``; the implicit backward
-            solves are not counted). Used only for the f-evaluation count of the timing."""
-            params = jax.lax.stop_gradient(params)
-            t = threats(images)
-            alpha = s.eval_pgd.step_size * self.radius
-            start = random_start(key, t, images.shape) if s.eval_pgd.random_start else None
-            delta = jnp.zeros(images.shape, F32) if start is None else start
-
-            def total(d):
-                logits, info = logits_of(params, images + d)
-                return jnp.sum(cross_entropy(logits, labels)), info.num_steps
-
-            def step(_, carry):
-                delta, count = carry
-                g, n = jax.grad(total, has_aux=True)(delta)
-                g = jax.lax.stop_gradient(g).astype(F32)
-                if s.norm == "l2":
-                    d = g / (jnp.sqrt(jnp.sum(g * g, axis=(1, 2, 3), keepdims=True)) + 1e-12)
-                else:
-                    d = jnp.sign(g)
-                delta = jax.vmap(lambda t_, d_: t_(d_))(t, delta + alpha * d)
-                return delta, count + n
-
-            count = jnp.zeros(images.shape[:1], jnp.int32)
-            return jax.lax.fori_loop(0, steps, step, (delta, count))
-
         self._threats = threats
         self.pgd = jax.jit(pgd)
-        self.pgd_counted = jax.jit(pgd_counted)
+        # The f-evaluation count of the timing comes with the attack itself (jiio.pgd counts).
+        self.pgd_counted = self.pgd
         self.score = jax.jit(score)
 
     def jiio(self, steps: int):
@@ -238,7 +205,7 @@ class AttackFns:
         if name == "pgd":
             k = jnp.asarray(steps, jnp.int32)
             compiled = self.pgd.lower(params, images, labels, key, k).compile()
-            fn = lambda p, x, y, key_: (compiled(p, x, y, key_, k), None)  # noqa: E731
+            fn = lambda p, x, y, key_: (compiled(p, x, y, key_, k)[0], None)  # noqa: E731
         else:
             compiled = self.jiio(steps).lower(params, images, labels).compile()
             fn = lambda p, x, y, key_: compiled(p, x, y)  # noqa: E731

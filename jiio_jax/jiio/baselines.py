@@ -167,6 +167,7 @@ def pgd(
     normalize_eps: float = 1e-8,
     forward_solver: Callable = Anderson(max_steps=50, tol=1e-4),
     backward: Any = Implicit(Anderson(max_steps=50, tol=1e-4)),
+    final_solve: bool = True,
 ) -> InnerLoopSolution:
     r"""Projected gradient descent on the reduced cost: PGD-``num_steps`` (the one PGD).
 
@@ -195,11 +196,14 @@ def pgd(
       direction: ``"normalized"`` (L2 PGD), ``"sign"`` (Linf PGD) or ``"gradient"``.
       normalize_eps: :math:`\epsilon` of the normalized direction.
       forward_solver, backward: as in ``inner_adam``.
+      final_solve: solve the DEQ at the returned ``x`` (default). ``False`` skips it for a
+        caller that only needs ``x`` (an attack re-scores ``x`` itself): then ``z`` and ``cost``
+        are ``None`` and ``cost_trace`` lacks its final entry.
 
     Returns:
       An ``InnerLoopSolution``; ``forward_steps`` counts the f evaluations of every forward
-      solve (the ``num_steps`` gradient steps and the final solve at ``x``; the implicit
-      backward's VJPs are not counted).
+      solve (the ``num_steps`` gradient steps and, with ``final_solve``, the final solve at
+      ``x``; the implicit backward's VJPs are not counted).
     """
     static_steps = isinstance(num_steps, int)
     if static_steps:
@@ -219,6 +223,8 @@ def pgd(
     if direction not in PGD_DIRECTIONS:
         raise ValueError(f"`direction` must be one of {PGD_DIRECTIONS}, got {direction!r}.")
     check_positive_float("normalize_eps", normalize_eps)
+    if not isinstance(final_solve, bool):
+        raise TypeError(f"`final_solve` must be a bool, got {final_solve!r}.")
     check_solver(forward_solver, "forward_solver")
     _check_backward(backward)
     proj = as_projection(projection)
@@ -245,6 +251,8 @@ def pgd(
     else:
         x, fevals = jax.lax.fori_loop(0, num_steps, lambda k, cr: step(cr, k)[0], carry)
         trace = None
+    if not final_solve:
+        return InnerLoopSolution(None, jax.lax.stop_gradient(x), None, trace, fevals)
     return _finish(prob, x, z_start, prob.args, forward_solver, backward, trace, fevals)
 
 

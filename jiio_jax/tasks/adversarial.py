@@ -155,26 +155,22 @@ class AdversarialTask(Task):
         key: jax.Array,
         dmasks: PyTree = None,
     ) -> jax.Array:
-        """PGD perturbations ``[B, H, W, C]`` (parameters frozen, gradients stopped)."""
+        """PGD perturbations ``[B, H, W, C]`` (``attacks.pgd_attack``; parameters frozen,
+        gradients stopped)."""
         s = self.settings
-        frozen = jax.lax.stop_gradient(params)
         threats = threat_sets(images, radius, s.norm, s.clip_pixels)
-
-        def grad_fn(delta):
-            def total(d):
-                logits, _, _ = self._forward(frozen, images + d, dmasks)
-                return jnp.sum(cross_entropy(logits, labels))
-
-            return jax.grad(total)(delta)
-
-        return pgd_attack(
-            grad_fn,
+        sol = pgd_attack(
+            self.model,
+            params,
+            images,
+            labels,
             threats,
-            images.shape,
             steps=pgd.steps,
             step_size=pgd.step_size,
             key=key if pgd.random_start else None,
+            dmasks=dmasks,
         )
+        return sol.x
 
     def inner_problem(self, params: PyTree, batch: dict[str, jax.Array]) -> InnerProblem:
         r"""The attack of ONE image (vmap it over a batch): ``min_{delta in S(x)} -CE(h(z*), y)``

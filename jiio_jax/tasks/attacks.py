@@ -9,10 +9,10 @@ is dropped with ``clip_pixels=False``). ``threat_sets`` builds it as ``jiio.Ball
 exact Euclidean projection onto ``S(x)``). Both attacks maximise the cross-entropy
 ``CE(h(z*(x + delta)), y)``:
 
-- ``pgd_attack``: ``delta_{k+1} = Pi_S(delta_k + alpha d_k)`` with ``d_k = g_k / ||g_k||_2``
-  (L2) or ``sign(g_k)`` (linf), ``g_k`` the gradient of the CE through a DEQ forward solve and
-  its implicit backward (``MDEQClassifier.solve``), ``k`` steps from ``delta_0 = 0`` (or a
-  random point of the ball).
+- ``pgd_attack``: the library's one PGD (``jiio.pgd``) on ``attack_problem``:
+  ``delta_{k+1} = Pi_S(delta_k + alpha d_k)`` with ``d_k = g_k / ||g_k||_2`` (L2) or
+  ``sign(g_k)`` (linf), ``g_k`` the gradient of the CE through a DEQ forward solve and its
+  implicit backward, ``k`` steps from ``delta_0 = 0`` (or a random point of the ball).
 - the JIIO attack: ``jiio.solve`` on ``attack_problem``, ``min_delta -CE`` s.t.
   ``z = f(z, inject(x + delta))``, with normalised steps and the projection ``Pi_S`` (the paper's
   attack), one augmented fixed-point solve per image (``AdversarialTask.jiio_attack``).
@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jiio_jax.jiio.projections import BallBox
+from jiio_jax.jiio import BallBox, InnerLoopSolution, pgd
 from jiio_jax.losses import cross_entropy
 from jiio_jax.models.mdeq import MDEQClassifier
 
@@ -96,43 +96,56 @@ def random_start(key: jax.Array, threats: BallBox, shape: tuple[int, ...]) -> ja
 
 
 def pgd_attack(
-    grad_fn: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+    model: MDEQClassifier,
+    params: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
     threats: BallBox,
-    shape: tuple[int, ...],
     *,
-    steps: int,
+    steps: int | jax.Array,
     step_size: float,
     key: jax.Array | None = None,
-) -> jax.Array:
-    r"""PGD-``steps`` maximising a per-example loss; returns the final ``delta`` ``[B, ...]``.
+    dmasks: PyTree = None,
+) -> InnerLoopSolution:
+    r"""PGD-``steps`` on the CE of each image: ``jiio.pgd`` on ``attack_problem``, vmapped.
 
     .. math:: \delta_{k+1} = \Pi_S\big(\delta_k + \alpha\, d_k\big),\quad
-              d_k = g_k/\|g_k\|_2 \ (\ell_2)\ \text{or}\ \operatorname{sign}(g_k)\ (\ell_\infty),
+              d_k = g_k/(\|g_k\|_2 + 10^{-12}) \ (\ell_2)\ \text{or}\
+              \operatorname{sign}(g_k)\ (\ell_\infty),
               \quad \alpha = \texttt{step\_size}\cdot r
 
+    with ``g_k`` the gradient of the CE through the model's forward solve (from ``z = 0``) and
+    its implicit backward (``jiio.pgd`` descends ``cost = -CE``). No final solve: callers
+    re-score ``images + delta`` themselves.
+
     Args:
-      grad_fn: ``delta [B, ...] -> g [B, ...]``, the gradient of the summed per-example loss
-        (e.g. CE through a DEQ forward solve and its implicit backward); samples independent.
-      threats: batched ``BallBox`` (leading axis ``B`` on ``radius``/``lower``/``upper``).
-      shape: ``[B, H, W, C]``.
-      steps: number of gradient steps ``k``.
+      model: the classifier (its ``solver`` and ``backward`` are PGD's).
+      params: its parameters (frozen: gradients stopped).
+      images: ``[B, H, W, C]`` in ``[-1, 1]``; labels: int ``[B]``.
+      threats: batched ``BallBox`` (``threat_sets``).
+      steps: number of gradient steps ``k``: a Python int or an int32 scalar (may be traced).
       step_size: relative to the radius.
-      key: PRNG key for a random start (``None``: ``delta_0 = 0``).
+      key: PRNG key for a random start (``random_start``; ``None``: ``delta_0 = 0``).
+      dmasks: per-image dropout masks (training) or ``None`` (eval mode).
 
     Returns:
-      ``delta`` ``[B, H, W, C]`` inside every sample's threat set (gradients stopped).
+      The batched ``jiio.InnerLoopSolution``: ``x`` is ``delta`` ``[B, H, W, C]`` inside every
+      sample's threat set (a constant), ``forward_steps`` ``[B]`` the forward f-evaluations.
     """
-    axes = tuple(range(1, len(shape)))
-    alpha = jnp.reshape(step_size * jnp.asarray(threats.radius, F32), (-1,) + (1,) * len(axes))
-    project = jax.vmap(lambda t, d: t(d))
-    delta = jnp.zeros(shape, F32) if key is None else random_start(key, threats, shape)
+    f, cost = attack_problem(model)
+    frozen = jax.lax.stop_gradient(params)
+    shape = images.shape
+    delta0 = jnp.zeros(shape, F32) if key is None else random_start(key, threats, shape)
+    alphas = step_size * jnp.broadcast_to(jnp.asarray(threats.radius, F32), shape[:1])
+    direction = "normalized" if threats.norm == "l2" else "sign"
 
-    def step(_, delta):
-        g = jax.lax.stop_gradient(grad_fn(delta)).astype(F32)
-        if threats.norm == "l2":
-            d = g / (jnp.sqrt(jnp.sum(g * g, axis=axes, keepdims=True)) + 1e-12)
-        else:
-            d = jnp.sign(g)
-        return project(threats, delta + alpha * d)
+    def one(image, label, dmask, threat, d0, alpha):
+        args = (frozen["injection"], frozen["cell"], frozen["head"], dmask, image, label)
+        return pgd(
+            f, cost, model.z0(F32), d0, *args,
+            step_size=alpha, num_steps=steps, projection=threat, direction=direction,
+            normalize_eps=1e-12, forward_solver=model.solver, backward=model.backward,
+            final_solve=False,
+        )  # fmt: skip
 
-    return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, step, delta))
+    return jax.vmap(one)(images.astype(F32), labels, dmasks, threats, delta0, alphas)
