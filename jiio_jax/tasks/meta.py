@@ -47,7 +47,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from jiio_jax import jacobian, jiio
 from jiio_jax.configs import common as cc
@@ -66,7 +65,7 @@ from jiio_jax.data.episodes import (
     make_episode_iterator,
     read_episode_config,
 )
-from jiio_jax.losses import accuracy
+from jiio_jax.losses import accuracy, cross_entropy
 from jiio_jax.models import injections
 from jiio_jax.models.cell import CellInput
 from jiio_jax.models.mdeq import MDEQMetaLearner
@@ -101,16 +100,6 @@ class InnerResult(NamedTuple):
     steps: jax.Array
     fevals: jax.Array
     trajectory: Any
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy in float32 (``[..., n_way]``, ``[...]`` -> ``[...]``).
-
-    The same quantity as ``jiio_jax.losses.cross_entropy`` by optax's formula (they differ in
-    the last bit); kept until the meta results are re-run, as the JIIO inner solve amplifies
-    float-level differences (see ``configs/digits_meta.py``).
-    """
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(F32), labels)
 
 
 @register_task("meta")
