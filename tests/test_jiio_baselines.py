@@ -189,6 +189,15 @@ def test_pgd_sign_direction_and_ball_box_match_reference(params):
     assert traced.cost_trace is None
     # The f-eval count: every forward solve's f evaluations, final solve included.
     assert int(traced.forward_steps) == int(sol.forward_steps) > STEPS
+    # final_solve=False (the attacks): same x, no z / cost, the count without the final solve.
+    bare = jax.jit(lambda: jiio.pgd(
+        layer, cost, z0, x0, params, num_steps=STEPS, step_size=0.3 * radius,
+        direction="sign", projection=threat, forward_solver=FORWARD, backward=BACKWARD,
+        final_solve=False,
+    ))()  # fmt: skip
+    np.testing.assert_allclose(bare.x, sol.x, atol=1e-12)
+    assert bare.z is None and bare.cost is None and bare.cost_trace.shape == (STEPS,)
+    assert STEPS <= int(bare.forward_steps) < int(sol.forward_steps)
 
 
 def test_pgd_vmaps_over_per_sample_ball_box_sets(params):
@@ -214,6 +223,8 @@ def test_pgd_bad_arguments_raise(params):
     z0, x0 = jnp.zeros(NZ), jnp.zeros(NX)
     with pytest.raises(ValueError, match="`direction` must be one of"):
         jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, direction="l1")
+    with pytest.raises(TypeError, match="`final_solve` must be a bool"):
+        jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, final_solve="no")
     with pytest.raises(ValueError, match="`num_steps` must be"):
         jiio.pgd(layer, cost, z0, x0, params, step_size=0.1, num_steps=jnp.asarray(2.0))
     with pytest.raises(TypeError, match="got the class Anderson itself"):
