@@ -52,12 +52,11 @@ import os
 from typing import Any, NamedTuple
 
 import grain
-import jax
 import numpy as np
-from absl import flags
 from PIL import Image
 
 from jiio_jax.data.images import natural_key, preprocess_array
+from jiio_jax.data.pipeline import batched_iterator, check_processes, shard
 
 EPISODE_SOURCES = ("digits", "omniglot")
 OMNIGLOT_FOLDERS = ("images_background", "images_evaluation")
@@ -434,14 +433,7 @@ def make_episode_iterator(
     options = read_episode_config(data_config)
     if split not in _SPLIT_CODES:
         raise ValueError(f"episode splits are {tuple(_SPLIT_CODES)}, got split={split!r}.")
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"need 0 <= process_index < process_count, got {process_index}, {process_count}."
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    process_index, process_count = check_processes(process_index, process_count, batch_size)
     store, pools = build_pools(options)
     sampler = EpisodeSampler(store, pools[split], options, split, seed)
     if split == "train":
@@ -453,20 +445,15 @@ def make_episode_iterator(
         dataset = grain.MapDataset.range(count)
         if repeat:
             dataset = dataset.repeat(None)
-    dataset = dataset[process_index::process_count]
-    if len(dataset) == 0:
-        raise ValueError(
-            f"process {process_index} of {process_count} has no {split!r} episodes "
-            f"(config.data.num_test_episodes={options.num_test_episodes})."
-        )
-    dataset = dataset.map(sampler).batch(batch_size, drop_remainder=drop_remainder)
-    iter_dataset = dataset.to_iter_dataset()
-    if options.num_workers:
-        # As in jiio_jax.data.pipeline: grain 0.2.18 reads an absl flag when it starts workers
-        # (google/grain#1355); unparsed flags hold their defaults, so marking them parsed is safe.
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=options.num_workers)
-        )
-    return iter(iter_dataset)
+    dataset = shard(
+        dataset,
+        process_index,
+        process_count,
+        f"{split!r} episodes (config.data.num_test_episodes={options.num_test_episodes})",
+    )
+    return batched_iterator(
+        dataset.map(sampler),
+        batch_size,
+        drop_remainder=drop_remainder,
+        num_workers=options.num_workers,
+    )

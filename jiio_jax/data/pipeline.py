@@ -66,14 +66,7 @@ def make_iterator(
     """
     options = read_config(data_config)
     check_split(split)
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"need 0 <= process_index < process_count, got {process_index}, {process_count}."
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    process_index, process_count = check_processes(process_index, process_count, batch_size)
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
 
@@ -84,23 +77,62 @@ def make_iterator(
         dataset = dataset.random_map(RandomHorizontalFlip())
     if drop_remainder:
         dataset = dataset[: len(dataset) - len(dataset) % process_count]
-    dataset = dataset[process_index::process_count]
-    if len(dataset) == 0:
-        raise ValueError(
-            f"process {process_index} of {process_count} has no {split!r} examples "
-            f"(config.data.path={options.path!r})."
-        )
+    dataset = shard(
+        dataset,
+        process_index,
+        process_count,
+        f"{split!r} examples (config.data.path={options.path!r})",
+    )
     if repeat:
         dataset = dataset.repeat(None)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    iter_dataset = dataset.to_iter_dataset()
-    if options.num_workers:
+    return batched_iterator(
+        dataset, batch_size, drop_remainder=drop_remainder, num_workers=options.num_workers
+    )
+
+
+# -- the steps every iterator of this package shares (images here, episodes in ``episodes``) --
+
+
+def check_processes(
+    process_index: int | None, process_count: int | None, batch_size: int
+) -> tuple[int, int]:
+    """``(process_index, process_count)``, by default JAX's; ``ValueError`` unless
+    ``0 <= process_index < process_count`` and ``batch_size >= 1``."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got {process_index}, {process_count}."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    return process_index, process_count
+
+
+def shard(
+    dataset: grain.MapDataset, process_index: int, process_count: int, what: str
+) -> grain.MapDataset:
+    """This process's elements ``dataset[process_index::process_count]``; ``ValueError``
+    saying it has no ``what`` when that is empty."""
+    dataset = dataset[process_index::process_count]
+    if len(dataset) == 0:
+        raise ValueError(f"process {process_index} of {process_count} has no {what}.")
+    return dataset
+
+
+def batched_iterator(
+    dataset: grain.MapDataset, batch_size: int, *, drop_remainder: bool, num_workers: int
+) -> grain.DatasetIterator:
+    """An iterator over batches of ``dataset``, built in ``num_workers`` worker processes when
+    positive (then call ``close()`` on it when done)."""
+    iter_dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
+    if num_workers:
         # grain 0.2.18 reads an absl flag when it starts workers with JAX loaded, which raises
         # UnparsedFlagAccessError outside absl.app (tests, notebooks); google/grain#1355, fixed
         # after 0.2.18. Unparsed flags hold their defaults, so marking them parsed changes none.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=options.num_workers)
+            grain.MultiprocessingOptions(num_workers=num_workers)
         )
     return iter(iter_dataset)
