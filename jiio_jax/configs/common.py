@@ -137,6 +137,13 @@ SMALL_MDEQ = {"channels": (4,), "expansion": 1, "block_groups": 2, "num_groups":
 ON_FAILURE = "nan"
 
 
+def deq_model(model_cls: type, arch: Any, section: Any, backward: Any) -> Any:
+    """``model_cls(arch, solver=<section.forward>, backward=backward, on_failure=ON_FAILURE)``:
+    a task's MDEQ model from its ``config.model`` section."""
+    forward = solver("model.forward", section.forward)
+    return model_cls(arch, solver=forward, backward=backward, on_failure=ON_FAILURE)
+
+
 def library_section(cls: type, *, exclude: tuple[str, ...] = (), **values: Any):
     """A config section holding every field of the library dataclass ``cls`` (but ``exclude``):
     ``values`` where given, else a typed ``None`` placeholder that :func:`splat` leaves to the

@@ -27,7 +27,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jiio_jax.solvers import AndersonCore, BroydenCore, FixedPointCore
+from jiio_jax.solvers.anderson import AndersonBase, AndersonCore
+from jiio_jax.solvers.broyden import BroydenCore
+from jiio_jax.solvers.fixed_point_iteration import FixedPointCore
 
 ACCELERATORS = ("anderson", "broyden", "none")
 ANDERSON_TYPES = ("type1", "type2")
@@ -115,7 +117,7 @@ class TypeIHistory(NamedTuple):
     stall: jax.Array
 
 
-class TypeIAnderson:
+class TypeIAnderson(AndersonBase):
     """Type-I ("good") Anderson acceleration in the solvers' algorithm protocol, safeguarded.
 
     **Safeguard** (opt-in; ``stall_steps=0, max_growth=inf`` is the reference): with ``b`` the
@@ -130,21 +132,6 @@ class TypeIAnderson:
     restart only moves the per-problem ``start`` index that masks older slots; one dot product
     and a few scalar selects per step, no extra evaluation.
     """
-
-    def __init__(
-        self,
-        memory: int,
-        mixing: float,
-        ridge: float,
-        stall_steps: int = 0,
-        max_growth: float = math.inf,
-    ):
-        self.memory, self.mixing, self.ridge = memory, mixing, ridge
-        self.stall_steps, self.max_growth = stall_steps, max_growth
-
-    @property
-    def safeguarded(self) -> bool:
-        return self.stall_steps > 0 or self.max_growth < math.inf
 
     def init(self, x0, g0):
         m, n = self.memory, x0.shape[0]

@@ -35,17 +35,10 @@ class AndersonHistory(NamedTuple):
     stall: jax.Array
 
 
-class AndersonCore:
-    """The ``core.Algorithm`` of ``anderson`` (flat vectors, one problem); see ``anderson``.
-
-    The defaults (``stall_steps=0``, ``max_growth=inf``) are the unsafeguarded method; the
-    ``Anderson`` configuration and ``anderson`` turn the safeguard on.
-
-    Args:
-      memory, mixing, ridge: as in ``anderson``.
-      stall_steps: restart after this many evaluations without a new best residual (0: never).
-      max_growth: restart when a residual exceeds this multiple of the best one (inf: never).
-    """
+class AndersonBase:
+    """The hyper-parameters every Anderson core shares (this Type-II one and JIIO's Type-I):
+    history ``memory``, ``mixing``, relative ``ridge`` and the restart safeguard
+    (``stall_steps``, ``max_growth``; see ``AndersonCore``)."""
 
     def __init__(
         self,
@@ -61,6 +54,19 @@ class AndersonCore:
     @property
     def safeguarded(self) -> bool:
         return self.stall_steps > 0 or self.max_growth < math.inf
+
+
+class AndersonCore(AndersonBase):
+    """The ``core.Algorithm`` of ``anderson`` (flat vectors, one problem); see ``anderson``.
+
+    The defaults (``stall_steps=0``, ``max_growth=inf``) are the unsafeguarded method; the
+    ``Anderson`` configuration and ``anderson`` turn the safeguard on.
+
+    Args:
+      memory, mixing, ridge: as in ``anderson``.
+      stall_steps: restart after this many evaluations without a new best residual (0: never).
+      max_growth: restart when a residual exceeds this multiple of the best one (inf: never).
+    """
 
     def init(self, x0, g0):
         m, n = self.memory, x0.shape[0]

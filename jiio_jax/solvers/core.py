@@ -242,24 +242,22 @@ def check_solver(obj: Any, name: str = "solver") -> Any:
     return obj
 
 
-def check_positive_float(name: str, value: Any) -> float:
+def _check_float(name: str, value: Any, kind: str, valid) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a positive float, got {value!r}.") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise ValueError(f"`{name}` must be a positive finite float, got {value!r}.")
+        raise ValueError(f"`{name}` must be a {kind} float, got {value!r}.") from None
+    if not valid(v) or v == float("inf"):  # valid(NaN) is False
+        raise ValueError(f"`{name}` must be a {kind} finite float, got {value!r}.")
     return v
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    return _check_float(name, value, "positive", lambda v: v > 0)
 
 
 def check_nonnegative_float(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a float >= 0, got {value!r}.") from None
-    if not v >= 0 or v == float("inf"):
-        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
-    return v
+    return _check_float(name, value, "non-negative", lambda v: v >= 0)
 
 
 def check_stop_mode(stop_mode: Any) -> str:

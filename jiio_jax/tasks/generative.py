@@ -105,12 +105,7 @@ class GenerativeTask(Task):
         self.sample_ridge = cc.check_float("sample_ridge", m.sample_ridge, positive=False)
         self.warm_start = cc.check_bool("warm_start", m.warm_start)
         backward = cc.backward("model.backward", m.backward)
-        self.model = MDEQGenerator(
-            self.arch,
-            solver=cc.solver("model.forward", m.forward),
-            backward=backward,
-            on_failure=cc.ON_FAILURE,
-        )
+        self.model = cc.deq_model(MDEQGenerator, self.arch, m, backward)
         if self.method == "jiio":
             self.jiio = cc.splat(
                 "model.jiio", jiio.JIIO, m.jiio, backward=backward, on_failure=cc.ON_FAILURE

@@ -122,12 +122,7 @@ class MetaTask(Task):
         self.jac_weight = check_float("jac_weight", m.jac_weight, positive=False)
         self.jac_probes = check_int("jac_probes", m.jac_probes, 1)
         backward = cc.backward("model.backward", m.backward)
-        self.model = MDEQMetaLearner(
-            self.arch,
-            solver=cc.solver("model.forward", m.forward),
-            backward=backward,
-            on_failure=cc.ON_FAILURE,
-        )
+        self.model = cc.deq_model(MDEQMetaLearner, self.arch, m, backward)
         self.jiio = cc.splat(
             "model.jiio", jiio.JIIO, m.jiio, backward=backward, on_failure=cc.ON_FAILURE
         )
