@@ -16,8 +16,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from jiio_jax.configs import common
 from jiio_jax.configs.common import (
-    ON_FAILURE,
     SMALL_MDEQ,
     backward,
     build_arch,
@@ -215,7 +215,7 @@ def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
     bwd = backward("model.backward", m.backward)
     # Relative step sizes: the task sets step_scale to the radius step at each use.
     jiio = splat(
-        "model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True, on_failure=ON_FAILURE
+        "model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True, on_failure=common.ON_FAILURE
     )
     pgd_settings = read_pgd(m.pgd)
 
