@@ -164,13 +164,7 @@ class TypeIAnderson(AndersonBase):
         slot = k % self.memory
         if self.safeguarded:
             sq = g_new @ g_new
-            improved = sq < hist.best_sq  # False for NaN
-            stall = jnp.where(improved, 0, hist.stall + 1)
-            restart = jnp.zeros((), bool)
-            if self.stall_steps > 0:
-                restart |= stall >= self.stall_steps
-            if self.max_growth < math.inf:
-                restart |= sq > (self.max_growth**2) * hist.best_sq
+            improved, stall, restart = self.restart_rule(sq, hist.best_sq, hist.stall)
             # After a restart the residual to beat is the new point's own.
             hist = hist._replace(
                 start=jnp.where(restart, k, hist.start),

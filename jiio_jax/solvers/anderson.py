@@ -55,6 +55,20 @@ class AndersonBase:
     def safeguarded(self) -> bool:
         return self.stall_steps > 0 or self.max_growth < math.inf
 
+    def restart_rule(self, sq, best_sq, stall):
+        """The safeguard for a new squared residual ``sq``: returns ``(improved, stall,
+        restart)`` -- a new best (False for NaN), the evaluations since the last best, and
+        whether to restart the history (``stall_steps`` reached or ``sq`` above
+        ``max_growth**2 * best_sq``)."""
+        improved = sq < best_sq
+        stall = jnp.where(improved, 0, stall + 1)
+        restart = jnp.zeros((), bool)
+        if self.stall_steps > 0:
+            restart |= stall >= self.stall_steps
+        if self.max_growth < math.inf:
+            restart |= sq > (self.max_growth**2) * best_sq
+        return improved, stall, restart
+
 
 class AndersonCore(AndersonBase):
     """The ``core.Algorithm`` of ``anderson`` (flat vectors, one problem); see ``anderson``.
@@ -111,13 +125,7 @@ class AndersonCore(AndersonBase):
         # only moves ``start`` to the new point's index, so the next proposal is the plain damped
         # step from it and mixing rebuilds from there.
         sq = jax.lax.dynamic_index_in_dim(hist.gram[slot], slot, keepdims=False)
-        improved = sq < hist.best_sq  # False for NaN
-        stall = jnp.where(improved, 0, hist.stall + 1)
-        restart = jnp.zeros((), bool)
-        if self.stall_steps > 0:
-            restart |= stall >= self.stall_steps
-        if self.max_growth < math.inf:
-            restart |= sq > (self.max_growth**2) * hist.best_sq
+        improved, stall, restart = self.restart_rule(sq, hist.best_sq, hist.stall)
         return hist._replace(
             start=jnp.where(restart, k, hist.start),
             best_sq=jnp.where(improved, sq, hist.best_sq),
