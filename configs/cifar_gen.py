@@ -40,16 +40,8 @@ def get_config(arg: str | None = None):
         name="tfds", tfds_name="cifar10", image_size=32, channels=3, num_workers=4
     )
     config = generative.generative_config(data)
-    config.seed = 0
-    config.batch_size = 128  # 64 per GPU x 2 GPUs in the reference.
-    config.eval_batch_size = 128
-    steps_per_epoch = -(-TRAIN_IMAGES // config.batch_size)
-    config.num_train_steps = 220 * steps_per_epoch
-    config.log_every = 100
-    config.eval_every = 5000
-    config.checkpoint_every = 5000
-    config.keep_checkpoints = 2
-    config.num_eval_batches = 20
+    # Batch 128: 64 per GPU x 2 GPUs in the reference.
+    steps_per_epoch = generative.reference_loop(config, 128, TRAIN_IMAGES)
 
     m = config.model
     m.method = "jiio"

@@ -118,6 +118,23 @@ def scaled_hole(image_size: int) -> int:
     return max(1, round(REFERENCE_HOLE * image_size / REFERENCE_SIZE))
 
 
+def reference_loop(config, batch_size: int, train_images: int) -> int:
+    """The reference recipe's loop, in place: seed 0, ``batch_size`` (train and eval), 220 epochs
+    of ``train_images``, log every 100 steps, eval and checkpoint every 5000 (2 kept), 20 eval
+    batches. Returns the steps per epoch."""
+    config.seed = 0
+    config.batch_size = batch_size
+    config.eval_batch_size = batch_size
+    steps_per_epoch = -(-train_images // batch_size)
+    config.num_train_steps = 220 * steps_per_epoch
+    config.log_every = 100
+    config.eval_every = 5000
+    config.checkpoint_every = 5000
+    config.keep_checkpoints = 2
+    config.num_eval_batches = 20
+    return steps_per_epoch
+
+
 def generative_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The loop's fields, ``data``, the reference optimiser and the ``generative`` task's model
     defaults (the reference's ``celeba_vae``: ``default_model_config``) with the inpainting hole
@@ -156,16 +173,8 @@ def celeba_config(corruption: str, arg: str | None):
         name="image_folder", image_size=64, channels=3, crop=148, flip=True, num_workers=8
     )
     config = generative_config(data)
-    config.seed = 0
-    config.batch_size = 48  # 12 per GPU x 4 GPUs in the reference.
-    config.eval_batch_size = 48
-    steps_per_epoch = -(-CELEBA_TRAIN_IMAGES // config.batch_size)
-    config.num_train_steps = 220 * steps_per_epoch
-    config.log_every = 100
-    config.eval_every = 5000
-    config.checkpoint_every = 5000
-    config.keep_checkpoints = 2
-    config.num_eval_batches = 20
+    # Batch 48: 12 per GPU x 4 GPUs in the reference.
+    steps_per_epoch = reference_loop(config, 48, CELEBA_TRAIN_IMAGES)
 
     m = config.model  # defaults = the reference's celeba_vae (see default_model_config)
     m.method = "jiio"
