@@ -34,6 +34,14 @@ from typing import Any
 
 import ml_collections
 
+# The timing protocol shared by the evaluations and experiments/benchmarks (light: jax only).
+from jiio_jax.evaluation.clock import (
+    compile_ahead,
+    interleaved_medians,
+    interleaved_times,
+    timed_call,
+)
+
 # name -> ("module:function", tasks it applies to). Modules are imported on use.
 _EVALUATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "psnr": ("jiio_jax.evaluation.generative:psnr", ("generative",)),
@@ -161,4 +169,14 @@ def run_evaluation(
     return results
 
 
-__all__ = ["EVALUATIONS", "EvalOptions", "get_evaluation", "result_path", "run_evaluation"]
+__all__ = [
+    "EVALUATIONS",
+    "EvalOptions",
+    "compile_ahead",
+    "get_evaluation",
+    "interleaved_medians",
+    "interleaved_times",
+    "result_path",
+    "run_evaluation",
+    "timed_call",
+]

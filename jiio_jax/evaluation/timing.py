@@ -26,13 +26,14 @@ smallest budget whose quality reaches the baseline's (``equal_quality_steps``, `
 budget does: ``reached = False``) and ``ratio = baseline time / JIIO time`` at that budget.
 Every budget's quality and time is reported.
 
-Timing protocol (not the reference's, §7.18): every method is compiled ahead of time (compile
-seconds reported separately, never in the timings), called once untimed (warm-up), then
-timed ``options.num_repeats`` times, the methods interleaved round-robin (the shared CPU
-drifts); each timed call is the whole batched solve followed by ONE
-``jax.block_until_ready`` (no per-iteration device syncs, no host transfers inside), and
-medians are reported with every repeat. The meta timing times the same jitted
-``MetaTask.adapt`` as ``jiio_jax.evaluation.meta`` (which also syncs once per batch).
+Timing protocol (not the reference's, §7.18): ``jiio_jax.evaluation.clock``, shared with the
+benchmarks: every method is compiled ahead of time (compile seconds reported separately,
+never in the timings), called once untimed (warm-up), then timed ``options.num_repeats``
+times, the methods interleaved round-robin (the shared CPU drifts); each timed call is the
+whole batched solve followed by ONE ``jax.block_until_ready`` (no per-iteration device syncs,
+no host transfers inside), and medians are reported with every repeat. The meta timing
+times the same jitted ``MetaTask.adapt`` as ``jiio_jax.evaluation.meta`` (which also syncs
+once per batch).
 
 F-evaluation counts per example: JIIO ``num_steps`` (augmented-map evaluations, each one cell
 evaluation and one VJP); inner Adam: forward-solver cell evaluations (plus one implicit backward
@@ -46,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +56,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jiio_jax.evaluation.clock import compile_ahead, interleaved_times
 from jiio_jax.evaluation.robustness import (
     attack_fns,
     check_steps,
@@ -84,28 +85,11 @@ NOTE = (
 
 
 def _compile(fn: Callable, *args: Any) -> tuple[Callable[[], Any], float]:
-    """``(call, compile_seconds)``: ``fn`` jitted and compiled for ``args``; ``call()`` runs it."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    seconds = time.perf_counter() - start
+    """``(call, compile_seconds)``: ``fn`` compiled for ``args`` (``clock.compile_ahead``);
+    ``call()`` runs it."""
+    compiled, seconds = compile_ahead(fn, *args)
     logging.info("timing: compiled a solve in %.1fs.", seconds)  # Progress: minutes in all.
     return functools.partial(compiled, *args), seconds
-
-
-def interleaved_times(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list]:
-    """Wall seconds of each ``call()`` (one ``block_until_ready`` each): one untimed warm-up
-    call per method, then ``repeats`` round-robin rounds."""
-    logging.info("timing: %d methods, one warm-up call and %d timed rounds.", len(calls), repeats)
-    for call in calls.values():
-        jax.block_until_ready(call())
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            seconds[name].append(time.perf_counter() - start)
-        logging.info("timing: round %d/%d done.", i + 1, repeats)
-    return seconds
 
 
 def _summary(
@@ -415,3 +399,6 @@ def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
         "jiio": rows,
         **_equal_quality(baseline, rows, higher_is_better=False),
     }
+
+
+__all__ = ["interleaved_times", "timing"]
