@@ -73,6 +73,8 @@ def get_config(arg: str | None = None):
     m.jac_weight = 2.0
     m.jac_point = "trajectory"
     m.vae.update(encoder_channels=(16, 32), groups=4, dropout=0.0, kl_warmup_steps=200)
+    # The conv decoder of the Table 1 baselines (--config.model.decoder=conv): the encoder's mirror.
+    m.conv_decoder.update(channels=(16, 32), groups=4)
     m.num_image_examples = 16
     m.num_samples = 32
     if arg == "small":

@@ -10,17 +10,22 @@ from __future__ import annotations
 import ml_collections
 
 from jiio_jax.configs.common import (
+    JIIO_TASK_FIELDS,
     build_arch,
     data_config,
     data_image_shape,
     deq_model_sections,
     experiment_config,
+    library_section,
     make_small_loop,
     override_arch,
 )
+from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import MDEQConfig
 
-METHODS = ("jiio", "vae")
+METHODS = ("jiio", "vae", "rae")
+DECODERS = ("mdeq", "conv")
+RAE_DECODER_REGS = ("l2", "gradient")
 JAC_POINTS = ("trajectory", "equilibrium")
 # The reference's inpainting hole (20 pixels) is for 64x64 images; smaller images get the same
 # fraction of the side.
@@ -32,8 +37,14 @@ def default_model_config() -> ml_collections.ConfigDict:
     """The full ``config.model`` schema with its defaults (the reference's ``celeba_vae``).
 
     Fields:
-      method: ``"jiio"`` (decoder-only; latents found per sample by JIIO) or ``"vae"``
-        (conv encoder + the same MDEQ decoder; ``jiio_jax.tasks.vae``).
+      method: ``"jiio"`` (decoder-only; latents found per sample by JIIO), ``"vae"``
+        (conv encoder + decoder; ``jiio_jax.tasks.vae``) or ``"rae"`` (a regularised
+        deterministic autoencoder, Ghosh et al. 2020: the same conv encoder's mean as the latent,
+        no noise, a latent and a decoder penalty; see ``rae``).
+      decoder: ``"mdeq"`` (the MDEQ generator built from ``arch`` / ``mdeq``) or ``"conv"``
+        (a feed-forward conv decoder, ``jiio_jax.models.conv_decoder``; ``vae`` and ``rae``
+        only, JIIO needs an equilibrium). The latent size is ``mdeq.latent_dim`` (or the
+        ``arch``'s) for both.
       corruption: ``"none"`` (reconstruction), ``"inpaint"`` or ``"denoise"``
         (``jiio_jax.tasks.corruption``).
       hole: inpainting square side in pixels (reference 20 at 64x64; scale it for small images).
@@ -56,6 +67,20 @@ def default_model_config() -> ml_collections.ConfigDict:
         ``"neumann"`` / ``"phantom"`` with their ``k``).
       warm_start: start the implicit backward of JIIO's ``z*`` at ``mu* / (B C H W)`` (the
         reference's warm start).
+      amortize: amortized training (``method="jiio"``): a per-training-example cache of JIIO's
+        latent ``x`` (and, with ``amortize_state``, its ``z`` and ``mu``), keyed by the example's
+        index (``batch["index"]``), sharded with the data and saved in every checkpoint. An
+        example's next visit starts JIIO from its cache with the smaller budget
+        ``amortize_jiio``; a batch holding an example never seen (the first epoch) or too stale
+        is solved cold, all of it (``GenerativeTask.cached_loss``). Evaluation and every
+        inference on new images keep the cold start. Not in the reference.
+      amortize_state: also cache the equilibrium ``z`` and adjoint ``mu`` as JIIO's start
+        (memory: one state and one adjoint per training example).
+      amortize_jiio: ``model.jiio`` overrides for warm-started batches (``None`` = as
+        ``model.jiio``), splatted into ``jiio.JIIO`` like it; typically a smaller ``max_steps``.
+      amortize_max_age: staleness: an entry's warm solves since its last cold solve after which
+        its batch is solved cold again (roughly epochs, as each example is seen once per
+        epoch); 0 = never (the cache is always trusted once filled).
       latent_penalty: ``lambda`` of an optional prior term ``lambda ||x||^2`` added to JIIO's inner
         cost (reference: none, 0). Keeps the optimised latents near the origin, which makes the
         Gaussian fitted to them for sampling a better match (a regularised-autoencoder view).
@@ -65,9 +90,19 @@ def default_model_config() -> ml_collections.ConfigDict:
         step, the reference's ``TRAJ_REG=true``) or ``"equilibrium"`` (``(z*, x*)``,
         ``TRAJ_REG=false``). The VAE always uses its equilibrium.
       jac_probes: Hutchinson probes (reference 2).
-      vae: ``encoder_channels`` (stride-2 conv widths), ``groups`` (GroupNorm),
-        ``dropout`` (encoder features; reference 0.3), ``kl_warmup_steps`` (KL weight
-        ``min(step / kl_warmup_steps, 1)``).
+      vae: the encoder of ``vae`` and ``rae``: ``encoder_channels`` (stride-2 conv widths),
+        ``groups`` (GroupNorm), ``dropout`` (encoder features; reference 0.3);
+        ``kl_warmup_steps`` (VAE's KL weight ``min(step / kl_warmup_steps, 1)``).
+      conv_decoder: the ``"conv"`` decoder: ``channels`` (widths of its upsampling stages,
+        ordered from the image side like ``vae.encoder_channels``) and ``groups`` (GroupNorm).
+      rae: the RAE's terms, both divided by ``C H W`` like the VAE's KL:
+        ``latent_weight`` (``beta`` of ``beta * mean_b ||z_b||^2 / 2``) and ``decoder_reg``
+        ``"l2"`` (RAE-L2: ``decoder_weight * ||theta_dec||^2`` over every decoder parameter) or
+        ``"gradient"`` (RAE-GP: ``decoder_weight * mean_b ||dD(z_b)/dz||_F^2``, a
+        one-probe Hutchinson estimate; ``"conv"`` decoder only).
+      refine_with_jiio: evaluation-time (``vae`` / ``rae`` with the MDEQ decoder): refine each
+        encoder latent by JIIO (``jiio``, the inner cost of ``method="jiio"``) started at it,
+        before decoding: the paper's "MDEQ-VAE (w/ JIIO)". Training is unchanged.
       num_image_examples: reconstructions shown by ``images``.
       num_samples: samples drawn by ``images``.
       sample_ridge: JIIO samples: ridge added to the latents' covariance, relative to its mean
@@ -88,6 +123,10 @@ def default_model_config() -> ml_collections.ConfigDict:
                 final_step_size=0.003,
             ),
             "warm_start": True,
+            "amortize": False,
+            "amortize_state": True,
+            "amortize_jiio": library_section(JIIO, exclude=JIIO_TASK_FIELDS, max_steps=10),
+            "amortize_max_age": 0,
             "latent_penalty": 0.0,
             "jac_weight": 2.0,
             "jac_point": "trajectory",
@@ -98,6 +137,10 @@ def default_model_config() -> ml_collections.ConfigDict:
                 "dropout": 0.3,
                 "kl_warmup_steps": 10_000,
             },
+            "decoder": "mdeq",
+            "conv_decoder": {"channels": (32, 64, 128, 256), "groups": 4},
+            "rae": {"latent_weight": 1.0, "decoder_reg": "l2", "decoder_weight": 1e-3},
+            "refine_with_jiio": False,
             "num_image_examples": 8,
             "num_samples": 16,
             "sample_ridge": 1e-3,
@@ -157,10 +200,12 @@ def make_small(config: ml_collections.ConfigDict, image_size: int = 16) -> None:
     override_arch(m, "tiny_gen")  # channels (8, 16), expansion 2, latent 16
     m.hole = scaled_hole(image_size)
     m.jiio.update(max_steps=8, memory=3, step_size=0.05, final_step_size=None)
+    m.amortize_jiio.max_steps = 3
     m.forward.update(max_steps=6, memory=3)
     m.backward.solver.update(max_steps=6, memory=3)
     m.vae.encoder_channels = (8, 16)
     m.vae.kl_warmup_steps = 2
+    m.conv_decoder.channels = (8, 16)
     m.num_image_examples = 4
     m.num_samples = 4
 

@@ -7,14 +7,16 @@ is computed per image on the ``[0, 1]`` scale (peak 1) rather than from per-batc
 ``[-1, 1]`` scale, and no test image is dropped (the last batch is padded and the padding
 masked out, so one compiled program serves every batch).
 
-- :func:`psnr`: JIIO (or the VAE's encoder mean) reconstructs each of the first
+- :func:`psnr`: JIIO (or the VAE's / RAE's encoder mean, refined by JIIO from there with
+  ``config.model.refine_with_jiio``) reconstructs each of the first
   ``options.num_examples`` test images (default all) from its observation under
   ``config.model.corruption``, drawn deterministically from ``options.seed``; per-image PSNR
   (``jiio_jax.losses.psnr``, the same numbers as ``GenerativeTask.evaluate``).
 - :func:`samples`: the paper's sampling pipeline. The latents of the first
   ``options.num_examples`` training images (default the whole train split; JIIO latents ``x*``
-  or, for VAE runs, the encoder means), inferred from the clean images (corruption ``"none"``
-  whatever the run's corruption) in eval mode, are standardised per dimension; a density is
+  or, for VAE / RAE runs, the encoder means, JIIO-refined with ``refine_with_jiio``), inferred
+  from the clean images (corruption ``"none"`` whatever the run's corruption) in eval mode, are
+  standardised per dimension; a density is
   fitted to them (``options.density``: ``"gmm"``, scikit-learn's full-covariance
   ``GaussianMixture`` with ``options.num_components`` components, or ``"gaussian"``, one
   full-covariance Gaussian), ``options.num_samples`` draws are de-standardised and decoded by the
@@ -76,14 +78,10 @@ def _compiled(config: ml_collections.ConfigDict) -> dict[str, Any]:
         return _COMPILED[key]
     task = GenerativeTask(config)
 
-    def decode(params, latents):
-        out, info = task.model(params["decoder"], latents)
-        return out, info.residual.astype(F32)
-
     entry = {
         "task": task,
         "reconstruct": jax.jit(task.reconstruct_and_score),
-        "decode": jax.jit(decode),
+        "decode": jax.jit(task.decode),
     }
     if len(_COMPILED) >= 4:
         _COMPILED.pop(next(iter(_COMPILED)))
@@ -236,8 +234,10 @@ def psnr(config: ml_collections.ConfigDict, params: Any, options) -> dict[str, A
       ``psnr_{mean,q25,median,q75,min,max}`` (dB on ``[0, 1]``), the same for
       ``psnr_corrupted_*`` (the observation itself) for inverse problems, ``mse_mean`` (on the
       ``[-1, 1]`` scale, as the training loss), ``residual_mean`` (JIIO's forward residual, or
-      the decoder solver's for the VAE), ``num_images``, ``batch_size``, ``method``,
-      ``corruption``, ``seed`` and ``seconds`` (wall time including compilation).
+      the decoder solver's for the VAE; 0 for the conv decoder), ``num_images``,
+      ``batch_size``, ``method``, ``decoder``, ``latents_from``, ``corruption``, ``seed`` and
+      ``seconds`` (wall time including compilation). With ``config.model.refine_with_jiio``
+      also ``psnr_encoder_*``: the same images decoded from the unrefined encoder latents.
     """
     _check_task(config)
     start = time.perf_counter()
@@ -258,6 +258,8 @@ def psnr(config: ml_collections.ConfigDict, params: Any, options) -> dict[str, A
         "num_images": n,
         "batch_size": batch_size,
         "method": task.method,
+        "decoder": task.decoder,
+        "latents_from": latents_from(task),
         "corruption": task.corruption,
         "seed": options.seed,
         **_summary(res["psnr"], "psnr"),
@@ -268,6 +270,18 @@ def psnr(config: ml_collections.ConfigDict, params: Any, options) -> dict[str, A
         columns["psnr_corrupted"] = res["psnr_corrupted"]
     results["mse_mean"] = float(np.mean(res["mse"], dtype=np.float64))
     results["residual_mean"] = float(np.mean(res["residual"], dtype=np.float64))
+    if task.refine_with_jiio:
+        # The same images without the refinement (encoder latents decoded), for the gain.
+        plain = _run_split(
+            _private_config(config, refine_with_jiio=False),
+            _float32(params),
+            "test",
+            options.num_examples,
+            batch_size,
+            options.seed,
+        )
+        results.update(_summary(plain["psnr"], "psnr_encoder"))
+        columns["psnr_encoder"] = plain["psnr"]
     columns.update(mse=res["mse"], residual=res["residual"])
 
     out_dir = options.output_dir
@@ -431,7 +445,7 @@ def _generate(config: ml_collections.ConfigDict, params: Any, options) -> dict[s
     finish = time.perf_counter()
     return {
         "method": task.method,
-        "latents_from": "JIIO latents x*" if task.method == "jiio" else "VAE encoder means",
+        "latents_from": latents_from(task),
         "num_train_latents": len(latents),
         "train_psnr_mean": float(np.mean(train["psnr"], dtype=np.float64)),
         "train_residual_mean": float(np.mean(train["residual"], dtype=np.float64)),
@@ -455,6 +469,14 @@ def _generate(config: ml_collections.ConfigDict, params: Any, options) -> dict[s
         "_real_u8": real_u8,
         "_latents": latents,
     }
+
+
+def latents_from(task: GenerativeTask) -> str:
+    """What the latents of ``task``'s reconstructions are, in words."""
+    if task.method == "jiio":
+        return "JIIO latents x*"
+    what = f"{task.method.upper()} encoder means"
+    return f"{what} refined by JIIO" if task.refine_with_jiio else what
 
 
 def _public(results: dict[str, Any]) -> dict[str, Any]:

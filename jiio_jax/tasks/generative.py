@@ -50,6 +50,7 @@ decodes draws from its prior ``N(0, I)``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -61,6 +62,7 @@ from jiio_jax.configs import common as cc
 from jiio_jax.configs import generative as gc
 from jiio_jax.jiio import JIIOSolution
 from jiio_jax.losses import psnr
+from jiio_jax.models.conv_decoder import ConvDecoder
 from jiio_jax.models.mdeq import MDEQGenerator
 from jiio_jax.tasks.base import InnerProblem, Metrics, PyTree, Task, register_task
 from jiio_jax.tasks.corruption import CORRUPTIONS, Observation, corrupt, to_unit
@@ -86,6 +88,19 @@ class GenerativeTask(Task):
         super().__init__(config)
         m = config.model
         self.method = cc.check_choice("method", m.method, gc.METHODS)
+        self.decoder = cc.check_choice("decoder", m.decoder, gc.DECODERS)
+        if self.method == "jiio" and self.decoder != "mdeq":
+            raise ValueError(
+                f"config.model.decoder={self.decoder!r} cannot be trained by JIIO, which needs an "
+                "equilibrium decoder; use config.model.decoder='mdeq' or method 'vae' / 'rae'."
+            )
+        self.refine_with_jiio = cc.check_bool("refine_with_jiio", m.refine_with_jiio)
+        if self.refine_with_jiio and (self.method == "jiio" or self.decoder != "mdeq"):
+            raise ValueError(
+                "config.model.refine_with_jiio=True refines the encoder latents of a 'vae' or "
+                f"'rae' with decoder='mdeq'; this run has method={self.method!r}, "
+                f"decoder={self.decoder!r}. Set it to False."
+            )
         self.corruption = cc.check_choice("corruption", m.corruption, CORRUPTIONS)
         self.arch = gc.build_mdeq_config(config)
         h, w, _ = self.arch.image_shape
@@ -105,12 +120,49 @@ class GenerativeTask(Task):
         self.sample_ridge = cc.check_float("sample_ridge", m.sample_ridge, positive=False)
         self.warm_start = cc.check_bool("warm_start", m.warm_start)
         backward = cc.backward("model.backward", m.backward)
-        self.model = cc.deq_model(MDEQGenerator, self.arch, m, backward)
-        if self.method == "jiio":
+        # The MDEQ generator (None for the conv decoder, which has no equilibrium).
+        self.model = None
+        if self.decoder == "mdeq":
+            self.model = cc.deq_model(MDEQGenerator, self.arch, m, backward)
+        else:
+            groups = cc.check_int("conv_decoder.groups", m.conv_decoder.groups, 1)
+            widths = tuple(
+                cc.check_int(f"conv_decoder.channels[{i}]", c, 1)
+                for i, c in enumerate(m.conv_decoder.channels)
+            )
+            if not widths or any(c % groups for c in widths):
+                raise ValueError(
+                    f"config.model.conv_decoder.groups={groups} must divide every width of "
+                    f"config.model.conv_decoder.channels={widths} (non-empty)."
+                )
+            self.conv_decoder = ConvDecoder(widths, self.arch.image_shape, groups)
+        if self.method == "jiio" or self.refine_with_jiio:
             self.jiio = cc.splat(
                 "model.jiio", jiio.JIIO, m.jiio, backward=backward, on_failure=cc.ON_FAILURE
             )
-        else:
+        self._init_amortize(m, backward)
+        if self.refine_with_jiio:
+            # The start is the encoder's latent, a good point already: the start guard makes
+            # the refinement return it rather than anything costlier (one extra forward solve).
+            self.refine_jiio = dataclasses.replace(self.jiio, no_worse_than_start=True)
+        if self.method == "rae":
+            r = m.rae
+            self.rae_latent_weight = cc.check_float(
+                "rae.latent_weight", r.latent_weight, positive=False
+            )
+            self.rae_decoder_reg = cc.check_choice(
+                "rae.decoder_reg", r.decoder_reg, gc.RAE_DECODER_REGS
+            )
+            self.rae_decoder_weight = cc.check_float(
+                "rae.decoder_weight", r.decoder_weight, positive=False
+            )
+            if self.rae_decoder_reg == "gradient" and self.decoder != "conv":
+                raise ValueError(
+                    "config.model.rae.decoder_reg='gradient' needs second derivatives through "
+                    "the decoder, implemented for decoder='conv' only; use decoder_reg='l2' "
+                    "with the MDEQ decoder."
+                )
+        if self.method != "jiio":
             v = m.vae
             channels = tuple(
                 cc.check_int(f"vae.encoder_channels[{i}]", c, 1)
@@ -125,7 +177,8 @@ class GenerativeTask(Task):
             dropout = cc.check_float("vae.dropout", v.dropout, positive=False)
             if dropout >= 1:
                 raise ValueError(f"config.model.vae.dropout={dropout} must be in [0, 1).")
-            self.kl_warmup_steps = cc.check_int("vae.kl_warmup_steps", v.kl_warmup_steps, 0)
+            if self.method == "vae":
+                self.kl_warmup_steps = cc.check_int("vae.kl_warmup_steps", v.kl_warmup_steps, 0)
             self.encoder = ConvEncoder(channels, self.arch.latent_dim, groups, dropout)
 
     # -- parameters ---------------------------------------------------------------------------
@@ -140,8 +193,12 @@ class GenerativeTask(Task):
 
     def _init(self, rng: jax.Array) -> PyTree:
         k_dec, k_enc = jax.random.split(rng)
-        params = {"decoder": self.model.init(k_dec)}
-        if self.method == "vae":
+        if self.decoder == "mdeq":
+            params = {"decoder": self.model.init(k_dec)}
+        else:
+            latent = jnp.zeros((1, self.arch.latent_dim), F32)
+            params = {"decoder": self.conv_decoder.init(k_dec, latent)["params"]}
+        if self.method != "jiio":
             example = jnp.zeros((1, *self.arch.image_shape), F32)
             params["encoder"] = self.encoder.init(k_enc, example, train=False)["params"]
         return params
@@ -158,12 +215,14 @@ class GenerativeTask(Task):
           params: ``{"decoder": ...}``; passed in ``args`` (not closed over) so that the
             implicit gradient reaches them.
           batch: one example: ``"image"`` the observation ``y`` ``[H, W, C]``, optionally
-            ``"mask"`` ``[H, W, 1]`` (default: every pixel observed) and, in training,
-            ``"dropout_mask"`` (the decoder's variational dropout masks).
+            ``"mask"`` ``[H, W, 1]`` (default: every pixel observed), ``"latent_init"`` ``[D]``
+            (JIIO's starting latent, default zeros; an encoder's latent for
+            ``refine_with_jiio``) and, in training, ``"dropout_mask"`` (the decoder's
+            variational dropout masks).
 
         Returns:
           ``InnerProblem``: ``f`` and ``cost`` take ``(z, x, inj, cell, dmask, head, target,
-          mask)``; ``z0`` the zero state, ``x0`` the zero latent, no projection.
+          mask)``; ``z0`` the zero state, ``x0`` the starting latent, no projection.
         """
         model, penalty = self.model, self.latent_penalty
         dec = params["decoder"]
@@ -189,13 +248,26 @@ class GenerativeTask(Task):
         if mask is None:
             mask = jnp.ones((*target.shape[:-1], 1), target.dtype)
         args = (dec["injection"], dec["cell"], batch.get("dropout_mask"), dec["head"], target, mask)
-        x0 = jnp.zeros((self.arch.latent_dim,), F32)
+        x0 = batch.get("latent_init")
+        if x0 is None:
+            x0 = jnp.zeros((self.arch.latent_dim,), F32)
         return InnerProblem(f, cost, model.z0(F32), x0, args, None)
 
     def _solve_jiio(
-        self, params: PyTree, obs: Observation, key: jax.Array, *, train: bool
+        self,
+        params: PyTree,
+        obs: Observation,
+        key: jax.Array,
+        *,
+        train: bool,
+        x0: jax.Array | None = None,
+        solver: jiio.JIIO | None = None,
+        z0: PyTree | None = None,
+        mu0: PyTree | None = None,
     ) -> tuple[jax.Array, JIIOSolution, jax.Array]:
-        """JIIO per image of the batch.
+        """JIIO per image of the batch, from the latents ``x0`` ``[B, D]`` (default zeros), with
+        ``solver`` (default ``self.jiio``); ``z0`` and ``mu0`` (leading axis ``B``, default
+        zeros) start the state and the adjoint (amortized training's cached ones).
 
         Returns:
           ``(output [B, H, W, C], solution (leading axis B), jac [B])``; ``jac`` is zeros unless
@@ -214,18 +286,23 @@ class GenerativeTask(Task):
         # mu* is the adjoint of the summed per-image cost; the loss averages over B*C*H*W.
         scale = 1.0 / (b * obs.image[0].size) if self.warm_start else None
 
-        def one(target, mask, dmask, k_t, k_j):
+        if x0 is None:
+            x0 = jnp.zeros((b, self.arch.latent_dim), F32)
+
+        def one(target, mask, dmask, x_init, z_init, mu_init, k_t, k_j):
             problem = self.inner_problem(
-                params, {"image": target, "mask": mask, "dropout_mask": dmask}
+                params,
+                {"image": target, "mask": mask, "dropout_mask": dmask, "latent_init": x_init},
             )
             f, args = problem.f, problem.args
             sol = jiio.solve(
                 f,
                 problem.cost,
-                problem.z0,
+                problem.z0 if z_init is None else z_init,
                 problem.x0,
                 *args,
-                solver=self.jiio,
+                solver=self.jiio if solver is None else solver,
+                mu0=mu_init,
                 trajectory_key=k_t if use_trajectory else None,
                 adjoint_init_scale=scale,
             )
@@ -246,29 +323,80 @@ class GenerativeTask(Task):
             return out, sol, jac
 
         return jax.vmap(one)(
-            obs.image, obs.mask, dmasks, jax.random.split(k_traj, b), jax.random.split(k_jac, b)
+            obs.image,
+            obs.mask,
+            dmasks,
+            x0,
+            z0,
+            mu0,
+            jax.random.split(k_traj, b),
+            jax.random.split(k_jac, b),
         )
 
-    def _run_vae(self, params: PyTree, obs: Observation, key: jax.Array, *, train: bool):
-        """Encode, reparameterise (training) or take the mean (eval), decode.
+    def _decode_batch(
+        self,
+        params: PyTree,
+        latents: jax.Array,
+        *,
+        dropout_key: jax.Array | None = None,
+        jac_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Either decoder on ``[B, D]`` latents.
 
         Returns:
-          ``(output [B, H, W, C], DEQInfo, mean [B, D], log_sigma [B, D])``.
+          ``(images [B, H, W, C], residual [B], solver_steps [B], jac_loss [])``; the conv
+          decoder has no equilibrium: zero residual, steps and Jacobian penalty.
+        """
+        if self.decoder == "conv":
+            out = self.conv_decoder.apply({"params": params["decoder"]}, latents)
+            zeros = jnp.zeros((latents.shape[0],), F32)
+            return out, zeros, zeros, jnp.zeros((), F32)
+        out, info = self.model(params["decoder"], latents, dropout_key=dropout_key, jac_key=jac_key)
+        return out, info.residual.astype(F32), info.num_steps.astype(F32), info.jac_loss
+
+    def decode(self, params: PyTree, latents: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Eval-mode decoding of latents ``[B, D]``: ``(images [B, H, W, C] in [-1, 1],
+        residual [B])`` (the MDEQ solver's residual; zeros for the conv decoder)."""
+        out, residual, _, _ = self._decode_batch(params, latents)
+        return out, residual
+
+    def _run_autoencoder(self, params: PyTree, obs: Observation, key: jax.Array, *, train: bool):
+        """VAE / RAE: encode; VAE in training reparameterises, otherwise the latent is the
+        encoder's mean; decode.
+
+        Returns:
+          ``(output [B, H, W, C], residual [B], solver_steps [B], jac_loss [], mean [B, D],
+          log_sigma [B, D], latent [B, D])``; ``log_sigma`` is unused by the RAE.
         """
         k_enc, k_eps, k_drop, k_jac = jax.random.split(key, 4)
         mean, log_sigma = self.encoder.apply(
             {"params": params["encoder"]}, obs.image, train=train, rngs={"dropout": k_enc}
         )
         latent = mean
-        if train:
+        if train and self.method == "vae":
             latent = mean + jnp.exp(log_sigma) * jax.random.normal(k_eps, mean.shape, mean.dtype)
-        out, info = self.model(
-            params["decoder"],
+        out, residual, steps, jac = self._decode_batch(
+            params,
             latent,
             dropout_key=k_drop if train else None,
             jac_key=k_jac if (train and self.jac_weight > 0) else None,
         )
-        return out, info, mean, log_sigma
+        return out, residual, steps, jac, mean, log_sigma, latent
+
+    def _decoder_regulariser(self, params: PyTree, latent: jax.Array, key: jax.Array):
+        r"""The RAE's decoder term: ``||theta_dec||^2`` (``"l2"``) or the one-probe Hutchinson
+        estimate ``mean_b ||eps_b^T dD(z_b)/dz||^2`` (``"gradient"``, conv decoder; samples are
+        independent, so one VJP of the batched decoder gives every sample's row)."""
+        if self.rae_decoder_reg == "l2":
+            leaves = jax.tree.leaves(params["decoder"])
+            return sum(jnp.sum(jnp.square(p.astype(F32))) for p in leaves)
+
+        def decode(z):
+            return self.conv_decoder.apply({"params": params["decoder"]}, z)
+
+        out, vjp = jax.vjp(decode, latent)
+        (row,) = vjp(jax.random.normal(key, out.shape, out.dtype))
+        return jnp.mean(jnp.sum(jnp.square(row.astype(F32)), axis=-1))
 
     # -- Task interface -----------------------------------------------------------------------
     def loss(
@@ -279,33 +407,133 @@ class GenerativeTask(Task):
         obs = self._observe(k_obs, clean)
         if self.method == "jiio":
             out, sol, jac = self._solve_jiio(params, obs, k_model, train=True)
-            mse = jnp.mean(jnp.square(out - clean))
-            jac_loss = jnp.mean(jac)
-            metrics = {
-                "solver_steps": _mean(sol.num_steps),
-                "best_step": _mean(sol.best_step),
-                # Divided by C*H*W: the reference's per-sample c_b (hole pixels count too).
-                "inner_cost": _mean(sol.cost) / clean[0].size,
-                "residual": _mean(sol.z_residual),
-                "adjoint_residual": _mean(sol.mu_residual),
-                "stationarity": _mean(sol.x_residual),
-            }
-            total = mse + self.jac_weight * jac_loss
+            return self._jiio_loss(clean, out, jac, _jiio_stats(sol))
         else:
-            out, info, mean, log_sigma = self._run_vae(params, obs, k_model, train=True)
+            k_model, k_reg = jax.random.split(k_model)
+            out, residual, steps, jac, mean, log_sigma, latent = self._run_autoencoder(
+                params, obs, k_model, train=True
+            )
             mse = jnp.mean(jnp.square(out - clean))
-            jac_loss = info.jac_loss.astype(F32)
-            kl = jnp.mean(kl_divergence(mean, log_sigma)) / clean[0].size
-            weight = kl_weight(step, self.kl_warmup_steps, F32)
-            metrics = {
-                "kl": kl,
-                "kl_weight": weight,
-                "solver_steps": _mean(info.num_steps),
-                "residual": _mean(info.residual),
-            }
-            total = mse + weight * kl + self.jac_weight * jac_loss
+            jac_loss = jac.astype(F32)
+            metrics = {"solver_steps": _mean(steps), "residual": _mean(residual)}
+            if self.method == "vae":
+                kl = jnp.mean(kl_divergence(mean, log_sigma)) / clean[0].size
+                weight = kl_weight(step, self.kl_warmup_steps, F32)
+                metrics.update(kl=kl, kl_weight=weight)
+                total = mse + weight * kl
+            else:
+                # Ghosh et al. (2020), eq. 11, per pixel like the VAE's KL.
+                latent_loss = 0.5 * jnp.mean(jnp.sum(jnp.square(latent), -1)) / clean[0].size
+                decoder_loss = self._decoder_regulariser(params, latent, k_reg) / clean[0].size
+                metrics.update(latent_loss=latent_loss, decoder_loss=decoder_loss)
+                total = (
+                    mse
+                    + self.rae_latent_weight * latent_loss
+                    + self.rae_decoder_weight * decoder_loss
+                )
+            total = total + self.jac_weight * jac_loss
         metrics.update(mse=mse, jac_loss=jac_loss)
         return total.astype(F32), metrics
+
+    def _jiio_loss(
+        self, clean: jax.Array, out: jax.Array, jac: jax.Array, stats: dict[str, jax.Array]
+    ) -> tuple[jax.Array, Metrics]:
+        """JIIO's outer loss (module docstring) and metrics from the output, the per-example
+        Jacobian penalties ``[B]`` and ``_jiio_stats``."""
+        mse = jnp.mean(jnp.square(out - clean))
+        jac_loss = jnp.mean(jac)
+        metrics = {k: _mean(v) for k, v in stats.items()}
+        # Divided by C*H*W: the reference's per-sample c_b (hole pixels count too).
+        metrics["inner_cost"] = metrics["inner_cost"] / clean[0].size
+        metrics.update(mse=mse, jac_loss=jac_loss)
+        return (mse + self.jac_weight * jac_loss).astype(F32), metrics
+
+    # -- amortized training (model.amortize) -----------------------------------------------------
+    def _init_amortize(self, m: ml_collections.ConfigDict, backward: Any) -> None:
+        """Reads ``model.amortize*`` (see ``jiio_jax.configs.generative``)."""
+        self.amortize = cc.check_bool("amortize", m.amortize)
+        self.amortize_state = cc.check_bool("amortize_state", m.amortize_state)
+        self.amortize_max_age = cc.check_int("amortize_max_age", m.amortize_max_age, 0)
+        if not self.amortize:
+            return
+        if self.method != "jiio":
+            raise ValueError(
+                f"config.model.amortize=True caches JIIO's latents; method={self.method!r} has "
+                "none (its encoder is the amortization). Set config.model.method='jiio' or "
+                "config.model.amortize=False."
+            )
+        # The warm-start solver: model.jiio with model.amortize_jiio's fields on top.
+        section = {
+            **m.jiio.to_dict(),
+            **{k: v for k, v in m.amortize_jiio.items() if v is not None},
+        }
+        self.warm_jiio = cc.splat(
+            "model.amortize_jiio", jiio.JIIO, section, backward=backward, on_failure=cc.ON_FAILURE
+        )
+
+    def example_cache(self, num_examples: int) -> PyTree | None:
+        """With ``model.amortize``: per training example, the latent ``x`` ``[N, D]`` of its
+        last JIIO solve, with ``amortize_state`` also its equilibrium ``z`` and adjoint ``mu``
+        (leading axis ``N``), and ``age`` ``int32 [N]``: warm solves since its last cold one
+        (``-1``: never solved). ``None`` without ``model.amortize``."""
+        if not self.amortize:
+            return None
+        n = num_examples
+        cache = {
+            "x": jnp.zeros((n, self.arch.latent_dim), F32),
+            "age": jnp.full((n,), -1, jnp.int32),
+        }
+        if self.amortize_state:
+            z = jax.tree.map(lambda a: jnp.zeros((n, *a.shape), a.dtype), self.model.z0(F32))
+            cache.update(z=z, mu=z)
+        return cache
+
+    def cached_loss(
+        self,
+        params: PyTree,
+        batch: dict[str, jax.Array],
+        entries: PyTree,
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
+        """:meth:`loss` of amortized training (``model.amortize``).
+
+        The batch is *warm* when every example was solved before and (with
+        ``amortize_max_age > 0``) fewer than ``amortize_max_age`` warm solves ago was cold:
+        JIIO then runs ``amortize_jiio`` from the cached ``(z, x, mu)``. Otherwise the whole
+        batch is solved cold (zero start, ``model.jiio``), which also refreshes every entry.
+        One ``lax.cond`` per batch: only the chosen solve runs. The metric ``warm`` is 1 for a
+        warm batch. The loss, its gradient and the entries otherwise follow :meth:`loss`.
+        """
+        del step
+        clean = batch["image"]
+        k_obs, k_model = jax.random.split(rng)
+        obs = self._observe(k_obs, clean)
+        age = entries["age"]
+        warm = jnp.all(age >= 0)
+        if self.amortize_max_age:
+            warm = warm & jnp.all(age < self.amortize_max_age)
+
+        def solve(start: bool):
+            def branch(params):
+                kwargs = {}
+                if start:
+                    kwargs = dict(x0=entries["x"], solver=self.warm_jiio)
+                    if self.amortize_state:
+                        kwargs.update(z0=entries["z"], mu0=entries["mu"])
+                out, sol, jac = self._solve_jiio(params, obs, k_model, train=True, **kwargs)
+                # Only what has the same shapes in both branches (not the [T] traces).
+                return out, jac, _jiio_stats(sol), (sol.x, sol.z, sol.mu)
+
+            return branch
+
+        out, jac, stats, (x, z, mu) = jax.lax.cond(warm, solve(True), solve(False), params)
+        loss, metrics = self._jiio_loss(clean, out, jac, stats)
+        metrics["warm"] = warm.astype(F32)
+        new = {"x": x, "age": jnp.where(warm, age + 1, 0)}
+        if self.amortize_state:
+            new.update(z=z, mu=mu)
+        return loss, (metrics, jax.lax.stop_gradient(new))
 
     def _reconstruct(self, params: PyTree, clean: jax.Array, rng: jax.Array):
         """Eval-mode reconstruction: ``(observation, output, latents [B, D], residual [B])``."""
@@ -314,8 +542,15 @@ class GenerativeTask(Task):
         if self.method == "jiio":
             out, sol, _ = self._solve_jiio(params, obs, k_model, train=False)
             return obs, out, sol.x, sol.z_residual
-        out, info, mean, _ = self._run_vae(params, obs, k_model, train=False)
-        return obs, out, mean, info.residual
+        out, residual, _, _, mean, _, _ = self._run_autoencoder(params, obs, k_model, train=False)
+        if self.refine_with_jiio:
+            # JIIO from the encoder's latent (the paper's "MDEQ-VAE (w/ JIIO)").
+            start = jax.lax.stop_gradient(mean)
+            out, sol, _ = self._solve_jiio(
+                params, obs, k_model, train=False, x0=start, solver=self.refine_jiio
+            )
+            return obs, out, sol.x, sol.z_residual
+        return obs, out, mean, residual
 
     def reconstruct_and_score(
         self, params: PyTree, clean: jax.Array, rng: jax.Array
@@ -360,11 +595,12 @@ class GenerativeTask(Task):
             to_unit(jnp.stack(list(columns.values()), axis=1)), tuple(columns), title
         )
         draws = self._sample_latents(k_sample, latents)
-        samples, _ = self.model(params["decoder"], draws)
+        samples, _ = self.decode(params, draws)
         return {"reconstruction": panel, "samples": to_unit(samples)}
 
     def _sample_latents(self, key: jax.Array, latents: jax.Array) -> jax.Array:
-        """``[num_samples, D]`` draws: N(0, I) (VAE) or a Gaussian fitted to ``latents`` (JIIO)."""
+        """``[num_samples, D]`` draws: N(0, I) (VAE) or a Gaussian fitted to ``latents`` (JIIO,
+        RAE: its ex-post density)."""
         d = self.arch.latent_dim
         eps = jax.random.normal(key, (self.num_samples, d), F32)
         if self.method == "vae":
@@ -378,6 +614,18 @@ class GenerativeTask(Task):
         ridge = self.sample_ridge * jnp.trace(cov) / d + 1e-6
         chol = jnp.linalg.cholesky(cov + ridge * jnp.eye(d, dtype=F32))
         return mean + eps @ chol.T
+
+
+def _jiio_stats(sol: JIIOSolution) -> dict[str, jax.Array]:
+    """The per-example ``[B]`` statistics of JIIO's solutions that training logs."""
+    return {
+        "solver_steps": sol.num_steps,
+        "best_step": sol.best_step,
+        "inner_cost": sol.cost,
+        "residual": sol.z_residual,
+        "adjoint_residual": sol.mu_residual,
+        "stationarity": sol.x_residual,
+    }
 
 
 def task_from_model_config(

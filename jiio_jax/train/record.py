@@ -48,6 +48,7 @@ EVAL_FIELDS = (
     "model.hole",
     "model.noise_sigma",
     "model.eval_methods",
+    "model.refine_with_jiio",
     "model.num_samples",
     "model.num_image_examples",
     "data.path",
