@@ -4,8 +4,7 @@ Each baseline optimizes ``min_{x in S} cost(z*(x), x, *args)`` with ``z*(x) = f(
 by an outer first-order loop whose every step solves the DEQ forward and backward:
 
 - ``inner_adam``: optax Adam on ``x``; each step is ``jiio_jax.deq.fixed_point`` (forward
-  solve) + ``jax.grad`` through its implicit backward (the paper's generative baseline, cold
-  start by default).
+  solve) + ``jax.grad`` through its implicit backward (the paper's generative baseline).
 - ``pgd``: projected gradient steps, ``x <- Pi(x - alpha d)`` with ``d = g / ||g||`` (L2),
   ``sign(g)`` (Linf) or ``g`` (the paper's adversarial baseline, PGD-k; the library's one PGD,
   also the attacks' PGD).
@@ -13,9 +12,28 @@ by an outer first-order loop whose every step solves the DEQ forward and backwar
   forward state ``z`` and the adjoint ``mu`` solved explicitly and warm-started from the
   previous step; the gradient is ``grad_x C + J_x^T mu``.
 
+Two forms of the inner solves (``warm_start``):
+
+- **cold** (the paper's; default of ``inner_adam`` and ``pgd``): every forward solve starts at
+  ``z0`` and every adjoint solve at ``Implicit.init`` (the cotangent). ``inner_adam`` and ``pgd``
+  take the gradient with ``jax.grad`` through ``fixed_point`` (any backward mode).
+- **warm** (the strongest inner loop; default of ``projected_adam``): the forward solve of step
+  ``k`` starts at ``z_{k-1}`` and the adjoint solve at ``mu_{k-1}`` (zeros at step 0), both
+  explicit (``jiio_jax.deq.Implicit.adjoint``), so ``backward`` must be ``Implicit``. With the
+  default safeguarded ``Anderson`` a warm start near the fixed point stops after a few
+  evaluations.
+
 All run their steps in ``lax.scan`` (jit/vmap-safe, one problem per call). Their ``x`` is a
 constant for differentiation; the returned ``z`` is ``z*(x)`` from a final forward solve,
 differentiable w.r.t. ``args`` by the implicit function theorem (as ``jiio_jax.jiio.solve``).
+
+**Counted f evaluations.** ``forward_steps`` is the number of ``f`` evaluations of every forward
+solve (final solve included); ``adjoint_steps`` the number of evaluations of the adjoint map
+``u -> grad_z C + J_z^T u`` (one VJP of ``f`` each) of every adjoint solve, for the explicit
+forms. The ``jax.grad`` form cannot return its adjoint count (the solve runs inside JAX's
+transpose): ``adjoint_steps`` is ``None`` there; log it with ``Implicit(callback=...)``. Not
+counted, the same in every form: per step one linearization of ``f`` at ``z*`` (one ``f``
+evaluation) and one ``J_x^T mu`` VJP.
 """
 
 from __future__ import annotations
@@ -29,8 +47,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jiio_jax.deq import Implicit, fixed_point
-from jiio_jax.deq.backward import BACKWARD_MODES, Unrolled
+from jiio_jax.deq import BACKWARD_MODES, Implicit, Unrolled, fixed_point
 from jiio_jax.jiio import _problem
 from jiio_jax.jiio._pytree import check_instance
 from jiio_jax.jiio.projections import as_projection
@@ -51,9 +68,12 @@ class InnerLoopSolution(NamedTuple):
       cost_trace: ``[num_steps + 1]``; cost at ``(z*(x_k), x_k)`` for ``k = 0..num_steps``
         (entry ``k`` is the point *before* update ``k``; the last is the final point);
         ``None`` for ``pgd`` with a traced ``num_steps``.
-      forward_steps: int32 ``[]``; forward-solver evaluations of ``f`` over all steps and the
-        final solve (the f-eval count; implicit-backward VJPs are not counted).
-      mu: ``projected_adam`` only: the adjoint at the last gradient step; else ``None``.
+      forward_steps: int32 ``[]``; evaluations of ``f`` by the forward solves of all steps and
+        the final solve.
+      mu: the adjoint of the last gradient step (explicit-adjoint forms: ``projected_adam``,
+        ``warm_start=True``); else ``None``.
+      adjoint_steps: int32 ``[]``; evaluations of the adjoint map (one VJP of ``f`` each) by
+        the adjoint solves of all steps (explicit-adjoint forms); else ``None``.
     """
 
     z: PyTree
@@ -62,35 +82,136 @@ class InnerLoopSolution(NamedTuple):
     cost_trace: jax.Array
     forward_steps: jax.Array
     mu: Any = None
+    adjoint_steps: Any = None
 
 
-def _check_backward(backward: Any) -> None:
+class _Inner(NamedTuple):
+    """What one gradient evaluation hands to the next (carried through the outer loop)."""
+
+    z: PyTree  # start of the next forward solve (z0 when cold, the last z* when warm)
+    mu: PyTree  # the last adjoint (explicit forms), start of the next one when warm
+    forward_steps: jax.Array
+    adjoint_steps: jax.Array
+
+
+class _Setup(NamedTuple):
+    prob: _problem.Problem
+    proj: Callable
+    frozen: tuple  # the args, constants inside the loop
+    z_start: PyTree
+    x_start: PyTree
+
+
+def _prepare(f, cost, z0, x0, args, projection, forward_solver, warm_start) -> _Setup:
+    """Validates what every baseline takes; the starting point of the outer loop."""
+    check_solver(forward_solver, "forward_solver")
+    if not isinstance(warm_start, bool):
+        raise TypeError(f"`warm_start` must be a bool, got {warm_start!r}.")
+    proj = as_projection(projection)
+    prob = _problem.prepare(f, cost, z0, x0, args, proj)
+    frozen = jax.lax.stop_gradient(prob.args)
+    x_start = proj(jax.lax.stop_gradient(prob.x0))
+    return _Setup(prob, proj, frozen, jax.lax.stop_gradient(prob.z0), x_start)
+
+
+def _check_backward(backward: Any, warm_start: bool) -> None:
     check_instance("backward", backward, BACKWARD_MODES, "Implicit()")
     if not isinstance(backward, BACKWARD_MODES) or isinstance(backward, Unrolled):
         raise ValueError(
             "`backward` must be Implicit, Neumann, OneStep or Phantom (jiio_jax.deq), got "
             f"{backward!r}."
         )
+    if warm_start and not isinstance(backward, Implicit):
+        raise ValueError(
+            "`warm_start=True` warm-starts the adjoint solve of `backward`, which must be "
+            f"Implicit(solver) (jiio_jax.deq), got {backward!r}; use warm_start=False for an "
+            "approximate backward mode."
+        )
 
 
-def _finish(prob, x, z_init, args, forward_solver, backward, trace, fevals, mu=None):
-    """Final forward solve at ``x`` (differentiable w.r.t. ``args``; ``x`` constant)."""
-    x = jax.lax.stop_gradient(x)
-    sol = fixed_point(prob.f, z_init, x, *args, solver=forward_solver, backward=backward)
-    final_cost = jax.lax.stop_gradient(prob.cost(sol.value, x, *args))
-    if trace is not None:
-        trace = jnp.concatenate([trace, final_cost[None].astype(trace.dtype)])
-    return InnerLoopSolution(sol.value, x, final_cost, trace, fevals + sol.num_fevals, mu)
+def _start(setup: _Setup) -> _Inner:
+    zero = jnp.zeros((), jnp.int32)
+    return _Inner(setup.z_start, jax.tree.map(jnp.zeros_like, setup.z_start), zero, zero)
 
 
-def _reduced_value_and_grad(prob, args, forward_solver, backward):
-    """``(x, z_init) -> ((cost(z*(x), x), (z*, fevals)), grad_x)`` via ``fixed_point``."""
+def _grad_gradient(setup: _Setup, forward_solver, backward):
+    """The paper's form: ``jax.grad`` through ``fixed_point`` cold-started at ``inner.z``."""
+    prob, frozen = setup.prob, setup.frozen
 
     def reduced(x, z_init):
-        sol = fixed_point(prob.f, z_init, x, *args, solver=forward_solver, backward=backward)
-        return prob.cost(sol.value, x, *args), (sol.value, sol.num_fevals)
+        sol = fixed_point(prob.f, z_init, x, *frozen, solver=forward_solver, backward=backward)
+        return prob.cost(sol.value, x, *frozen), sol.num_fevals
 
-    return jax.value_and_grad(reduced, has_aux=True)
+    value_and_grad = jax.value_and_grad(reduced, has_aux=True)
+
+    def gradient(x, inner: _Inner):
+        (c, n), g = value_and_grad(x, inner.z)
+        return c, g, inner._replace(forward_steps=inner.forward_steps + n)
+
+    return gradient
+
+
+def _explicit_gradient(setup: _Setup, forward_solver, adjoint: Implicit, warm_start: bool):
+    r"""``g = grad_x C + J_x^T mu`` from explicit solves of ``z = f(z, x)`` and
+    ``mu = grad_z C + J_z^T mu``, started at ``inner`` (warm) or at ``z0`` / ``adjoint.init``."""
+    prob, frozen = setup.prob, setup.frozen
+
+    def gradient(x, inner: _Inner):
+        sol = forward_solver(lambda z_: prob.f(z_, x, *frozen), inner.z)
+        z = sol.value
+        c, (grad_z, grad_x) = jax.value_and_grad(prob.cost, argnums=(0, 1))(z, x, *frozen)
+        mu_init = inner.mu if warm_start else None
+        adj = adjoint.adjoint(prob.f, z, (x, *frozen), grad_z, adjoint_init=mu_init)
+        _, vjp_x = jax.vjp(lambda x_: prob.f(z, x_, *frozen), x)
+        g = jax.tree.map(jnp.add, grad_x, vjp_x(adj.value)[0])
+        nxt = _Inner(
+            z if warm_start else inner.z,
+            adj.value,
+            inner.forward_steps + sol.num_fevals,
+            inner.adjoint_steps + adj.num_fevals,
+        )
+        return c, g, nxt
+
+    return gradient
+
+
+def _gradient(setup: _Setup, forward_solver, backward, warm_start: bool, explicit: bool):
+    """``gradient(x, inner) -> (cost, grad_x, inner)`` of the reduced cost at ``x``."""
+    if explicit:
+        return _explicit_gradient(setup, forward_solver, backward, warm_start)
+    return _grad_gradient(setup, forward_solver, backward)
+
+
+def _adam(setup: _Setup, gradient, num_steps: int, learning_rate: float):
+    """``num_steps`` projected Adam steps on ``x``; returns ``(x, inner, cost_trace)``."""
+    optimizer = optax.adam(learning_rate)
+
+    def step(carry, _):
+        x, opt_state, inner = carry
+        c, g, inner = gradient(x, inner)
+        updates, opt_state = optimizer.update(g, opt_state, x)
+        x = setup.proj(optax.apply_updates(x, updates))
+        return (x, opt_state, inner), c
+
+    carry = (setup.x_start, optimizer.init(setup.x_start), _start(setup))
+    (x, _, inner), trace = jax.lax.scan(step, carry, None, length=num_steps)
+    return x, inner, trace
+
+
+def _finish(setup, x, inner, forward_solver, backward, trace, explicit, final_solve=True):
+    """Final forward solve at ``x`` from ``inner.z`` (differentiable w.r.t. ``args``; ``x``
+    constant) and the counts."""
+    x = jax.lax.stop_gradient(x)
+    mu, adjoint_steps = (inner.mu, inner.adjoint_steps) if explicit else (None, None)
+    if not final_solve:
+        return InnerLoopSolution(None, x, None, trace, inner.forward_steps, mu, adjoint_steps)
+    prob = setup.prob
+    sol = fixed_point(prob.f, inner.z, x, *prob.args, solver=forward_solver, backward=backward)
+    final_cost = jax.lax.stop_gradient(prob.cost(sol.value, x, *prob.args))
+    if trace is not None:
+        trace = jnp.concatenate([trace, final_cost[None].astype(trace.dtype)])
+    fevals = inner.forward_steps + sol.num_fevals
+    return InnerLoopSolution(sol.value, x, final_cost, trace, fevals, mu, adjoint_steps)
 
 
 def inner_adam(
@@ -118,37 +239,24 @@ def inner_adam(
       num_steps: number of Adam steps (the paper compares with 40).
       learning_rate: Adam step size (paper: 1.0 for its latents; tune per problem).
       forward_solver: solver of each forward DEQ solve.
-      backward: implicit backward mode used by ``jax.grad`` (``jiio_jax.deq``).
+      backward: implicit backward mode used by ``jax.grad`` (``jiio_jax.deq``); with
+        ``warm_start`` an ``Implicit`` whose solver solves the adjoint.
       projection: optional projection applied after every Adam step.
-      warm_start: start each forward solve at the previous ``z*`` (default: at ``z0``, the
-        paper's cold start).
+      warm_start: ``False`` (the paper's cold start): every forward solve starts at ``z0``,
+        the gradient is ``jax.grad`` through ``fixed_point``. ``True`` (the strongest
+        baseline): step ``k``'s forward solve starts at ``z_{k-1}`` and its adjoint solve at
+        ``mu_{k-1}`` (module docstring); returns ``mu`` and ``adjoint_steps``.
 
     Returns:
       An ``InnerLoopSolution``.
     """
     num_steps = check_positive_int("num_steps", num_steps)
     check_positive_float("learning_rate", learning_rate)
-    check_solver(forward_solver, "forward_solver")
-    _check_backward(backward)
-    proj = as_projection(projection)
-    prob = _problem.prepare(f, cost, z0, x0, args, proj)
-    frozen = jax.lax.stop_gradient(prob.args)
-    z_start = jax.lax.stop_gradient(prob.z0)
-    value_and_grad = _reduced_value_and_grad(prob, frozen, forward_solver, backward)
-    optimizer = optax.adam(learning_rate)
-    x_start = proj(jax.lax.stop_gradient(prob.x0))
-
-    def step(carry, _):
-        x, opt_state, z_init, fevals = carry
-        (c, (z_star, n)), g = value_and_grad(x, z_init)
-        updates, opt_state = optimizer.update(g, opt_state, x)
-        x = proj(optax.apply_updates(x, updates))
-        z_next = z_star if warm_start else z_start
-        return (x, opt_state, z_next, fevals + n), c
-
-    carry = (x_start, optimizer.init(x_start), z_start, jnp.zeros((), jnp.int32))
-    (x, _, z_init, fevals), trace = jax.lax.scan(step, carry, None, length=num_steps)
-    return _finish(prob, x, z_init, prob.args, forward_solver, backward, trace, fevals)
+    _check_backward(backward, warm_start)
+    setup = _prepare(f, cost, z0, x0, args, projection, forward_solver, warm_start)
+    gradient = _gradient(setup, forward_solver, backward, warm_start, explicit=warm_start)
+    x, inner, trace = _adam(setup, gradient, num_steps, learning_rate)
+    return _finish(setup, x, inner, forward_solver, backward, trace, explicit=warm_start)
 
 
 PGD_DIRECTIONS = ("normalized", "sign", "gradient")
@@ -168,6 +276,7 @@ def pgd(
     forward_solver: Callable = Anderson(max_steps=50, tol=1e-4),
     backward: Any = Implicit(Anderson(max_steps=50, tol=1e-4)),
     final_solve: bool = True,
+    warm_start: bool = False,
 ) -> InnerLoopSolution:
     r"""Projected gradient descent on the reduced cost: PGD-``num_steps`` (the one PGD).
 
@@ -176,8 +285,9 @@ def pgd(
         d_k = g_k / (\|g_k\|_2 + \epsilon)\ (\texttt{"normalized"}),\
         \operatorname{sign}(g_k)\ (\texttt{"sign"})\ \text{or}\ g_k\ (\texttt{"gradient"})
 
-    with ``g_k = grad_x cost(z*(x_k), x_k)`` through a DEQ forward solve cold-started at ``z0``
-    and its implicit backward, from ``x_0 = Pi(x0)``. Norms are over the whole pytree.
+    with ``g_k = grad_x cost(z*(x_k), x_k)`` through a DEQ forward solve (cold-started at
+    ``z0``, or warm with ``warm_start``) and its implicit backward, from ``x_0 = Pi(x0)``.
+    Norms are over the whole pytree.
 
     For an attack (maximise a loss), pass ``cost = -loss``, the perturbation as ``x`` (``x0``
     zeros, or a random point such as ``BallBox.sample(key, x0)`` for a random start), the threat
@@ -195,7 +305,7 @@ def pgd(
       projection: projection after every step (e.g. ``L2Ball(eps)``, ``BallBox``).
       direction: ``"normalized"`` (L2 PGD), ``"sign"`` (Linf PGD) or ``"gradient"``.
       normalize_eps: :math:`\epsilon` of the normalized direction.
-      forward_solver, backward: as in ``inner_adam``.
+      forward_solver, backward, warm_start: as in ``inner_adam``.
       final_solve: solve the DEQ at the returned ``x`` (default). ``False`` skips it for a
         caller that only needs ``x`` (an attack re-scores ``x`` itself): then ``z`` and ``cost``
         are ``None`` and ``cost_trace`` lacks its final entry.
@@ -203,7 +313,7 @@ def pgd(
     Returns:
       An ``InnerLoopSolution``; ``forward_steps`` counts the f evaluations of every forward
       solve (the ``num_steps`` gradient steps and, with ``final_solve``, the final solve at
-      ``x``; the implicit backward's VJPs are not counted).
+      ``x``), ``adjoint_steps`` (``warm_start``) those of every adjoint solve.
     """
     static_steps = isinstance(num_steps, int)
     if static_steps:
@@ -225,35 +335,31 @@ def pgd(
     check_positive_float("normalize_eps", normalize_eps)
     if not isinstance(final_solve, bool):
         raise TypeError(f"`final_solve` must be a bool, got {final_solve!r}.")
-    check_solver(forward_solver, "forward_solver")
-    _check_backward(backward)
-    proj = as_projection(projection)
-    prob = _problem.prepare(f, cost, z0, x0, args, proj)
-    frozen = jax.lax.stop_gradient(prob.args)
-    z_start = jax.lax.stop_gradient(prob.z0)
-    value_and_grad = _reduced_value_and_grad(prob, frozen, forward_solver, backward)
-    x_start = proj(jax.lax.stop_gradient(prob.x0))
+    _check_backward(backward, warm_start)
+    setup = _prepare(f, cost, z0, x0, args, projection, forward_solver, warm_start)
+    gradient = _gradient(setup, forward_solver, backward, warm_start, explicit=warm_start)
+    proj = setup.proj
 
     def step(carry, k):
-        x, fevals = carry
-        (c, (_, n)), g = value_and_grad(x, z_start)
+        x, inner = carry
+        c, g, inner = gradient(x, inner)
         alpha = schedule(k, num_steps)
         if direction == "normalized":
             alpha = alpha / (jnp.linalg.norm(ravel_pytree(g)[0]) + normalize_eps)
         elif direction == "sign":
             g = jax.tree.map(jnp.sign, g)
         x = proj(jax.tree.map(lambda xi, gi: (xi - alpha * gi).astype(xi.dtype), x, g))
-        return (x, fevals + n), c
+        return (x, inner), c
 
-    carry = (x_start, jnp.zeros((), jnp.int32))
+    carry = (setup.x_start, _start(setup))
     if static_steps:
-        (x, fevals), trace = jax.lax.scan(step, carry, jnp.arange(num_steps))
+        (x, inner), trace = jax.lax.scan(step, carry, jnp.arange(num_steps))
     else:
-        x, fevals = jax.lax.fori_loop(0, num_steps, lambda k, cr: step(cr, k)[0], carry)
+        x, inner = jax.lax.fori_loop(0, num_steps, lambda k, cr: step(cr, k)[0], carry)
         trace = None
-    if not final_solve:
-        return InnerLoopSolution(None, jax.lax.stop_gradient(x), None, trace, fevals)
-    return _finish(prob, x, z_start, prob.args, forward_solver, backward, trace, fevals)
+    return _finish(
+        setup, x, inner, forward_solver, backward, trace, warm_start, final_solve=final_solve
+    )
 
 
 def projected_adam(
@@ -267,8 +373,9 @@ def projected_adam(
     forward_solver: Callable = Broyden(max_steps=20, tol=1e-5),
     adjoint: Implicit = Implicit(Broyden(max_steps=20, tol=1e-5)),
     projection: Any = None,
+    warm_start: bool = True,
 ) -> InnerLoopSolution:
-    r"""Adam + projection with warm-started forward and adjoint solves (reference §1.10).
+    r"""Adam + projection with explicit forward and adjoint solves (reference §1.10).
 
     Per step ``k``, from the previous ``(z, mu)``:
 
@@ -279,52 +386,28 @@ def projected_adam(
 
     The reference solves the joint ``(z, mu)`` system with one Broyden call; solving ``z`` then
     ``mu`` has the same fixed point. Defaults follow the reference (20 steps, lr 0.1,
-    Broyden capped at 20 iterations).
+    Broyden capped at 20 iterations, warm starts). With ``Anderson`` solvers this is
+    ``inner_adam(warm_start=True)``.
 
     Args:
       f, cost, z0, x0, *args: as in ``jiio_jax.jiio.solve``.
       num_steps: number of Adam steps.
       learning_rate: Adam step size.
-      forward_solver: solver of the forward ``z`` (warm-started).
-      adjoint: ``Implicit`` whose solver computes ``mu`` (warm-started from the previous mu).
+      forward_solver: solver of the forward ``z``.
+      adjoint: ``Implicit`` whose solver computes ``mu``.
       projection: projection after every step.
+      warm_start: ``True`` (the reference): ``z`` and ``mu`` start at the previous step's
+        (``mu`` at zeros at step 0); ``False``: at ``z0`` and ``adjoint.init`` every step.
 
     Returns:
-      An ``InnerLoopSolution`` with ``mu``.
+      An ``InnerLoopSolution`` with ``mu`` and ``adjoint_steps``.
     """
     num_steps = check_positive_int("num_steps", num_steps)
     check_positive_float("learning_rate", learning_rate)
-    check_solver(forward_solver, "forward_solver")
     check_instance("adjoint", adjoint, (Implicit,), "Implicit(Broyden())")
     if not isinstance(adjoint, Implicit):
         raise TypeError(f"`adjoint` must be an Implicit(solver) (jiio_jax.deq), got {adjoint!r}.")
-    proj = as_projection(projection)
-    prob = _problem.prepare(f, cost, z0, x0, args, proj)
-    frozen = jax.lax.stop_gradient(prob.args)
-    optimizer = optax.adam(learning_rate)
-    x_start = proj(jax.lax.stop_gradient(prob.x0))
-    z_start = jax.lax.stop_gradient(prob.z0)
-
-    def step(carry, _):
-        x, opt_state, z, mu, fevals = carry
-        sol = forward_solver(lambda z_: prob.f(z_, x, *frozen), z)
-        z = sol.value
-
-        def layer_and_cost(z_, x_):
-            return prob.f(z_, x_, *frozen), prob.cost(z_, x_, *frozen)
-
-        (fz, c), vjp = jax.vjp(layer_and_cost, z, x)
-        one = jnp.ones_like(c)
-        grad_z_cost = vjp((jax.tree.map(jnp.zeros_like, fz), one))[0]
-        mu = adjoint.adjoint(prob.f, z, (x, *frozen), grad_z_cost, adjoint_init=mu).value
-        g = vjp((mu, one))[1]
-        updates, opt_state = optimizer.update(g, opt_state, x)
-        x = proj(optax.apply_updates(x, updates))
-        return (x, opt_state, z, mu, fevals + sol.num_fevals), c
-
-    mu0 = jax.tree.map(jnp.zeros_like, z_start)
-    carry = (x_start, optimizer.init(x_start), z_start, mu0, jnp.zeros((), jnp.int32))
-    (x, _, z, mu, fevals), trace = jax.lax.scan(step, carry, None, length=num_steps)
-    return _finish(
-        prob, x, z, prob.args, forward_solver, Implicit(adjoint.solver), trace, fevals, mu
-    )
+    setup = _prepare(f, cost, z0, x0, args, projection, forward_solver, warm_start)
+    gradient = _explicit_gradient(setup, forward_solver, adjoint, warm_start)
+    x, inner, trace = _adam(setup, gradient, num_steps, learning_rate)
+    return _finish(setup, x, inner, forward_solver, adjoint, trace, explicit=True)
