@@ -56,6 +56,14 @@ of 2026-11-24 (an unbatched zero start), the same checkpoint scores 42.9 +- 1.5%
 (43.8% with the start perturbed by 1e-6), so run-to-run differences under ~2.5 points are
 noise; see ``experiments/results/REPORT.md`` (Table 5) for the current figures.
 
+The projected-Adam figures above were measured with one forward and one adjoint solve per
+support example (the former ``jiio_jax/tasks/meta_adam.py``, a workaround for a JAX 0.10 conv
+batching error under the data mesh that the MDEQ convs' own VJP removed). Since 2026-12-07 the
+task calls ``jiio.projected_adam`` on the stacked support states, one solve over the support
+set as the reference's: on 4 episodes at initialisation the two agree to 9e-6 in ``v*``
+(entries up to 0.5) and 4e-5 in the inner cost (about 40), with 7% more Broyden evaluations;
+the table has not been re-measured since.
+
 Without adaptation (``v = 0``) both models score 19-20% on the 200 in-loop evaluation episodes
 (chance: 20%), so the accuracy comes from the inner solve. JIIO matches the projected-Adam
 inner loop's accuracy and support loss (1.007 vs 1.009) in 5.5-6x less time; a model trained

@@ -124,7 +124,7 @@ def build_meta_arch(config: ml_collections.ConfigDict, image_size: int, n_way: i
 
 @dataclasses.dataclass(frozen=True)
 class AdamConfig:
-    """The projected-Adam inner loop of ``model.adam`` (``jiio_jax.tasks.meta_adam``)."""
+    """The projected-Adam inner loop of ``model.adam`` (``jiio.projected_adam``'s settings)."""
 
     num_steps: int
     learning_rate: float

@@ -19,7 +19,8 @@ vmapped over them inside ``f``), ``x = v``, so the joint state is the reference'
 ``[z_1..z_S; v; mu_1..mu_S]``, iterated with Anderson (``model.jiio``; Type-II in the
 reference). ``model.method = "projected_adam"`` instead runs the reference's baseline (§1.10):
 Adam on ``v``, each step a warm-started forward solve of the support states and of their
-adjoints (``jiio_jax.tasks.meta_adam``: ``jiio.projected_adam`` with per-example solves).
+adjoints (``jiio.projected_adam`` on the same problem: one solve over the stacked states, like
+the reference's; Broyden steps count evaluations of the whole support set, as JIIO's).
 Episodes are vmapped; the ``S`` support states of an episode start at zero, ``v`` at zero.
 
 **Outer loss.** With ``v*`` held constant (no differentiation through the adaptation, as in the
@@ -65,12 +66,12 @@ from jiio_jax.data.episodes import (
     make_episode_iterator,
     read_episode_config,
 )
+from jiio_jax.deq import Implicit
 from jiio_jax.losses import accuracy, cross_entropy
 from jiio_jax.models import injections
 from jiio_jax.models.cell import CellInput
 from jiio_jax.models.mdeq import MDEQMetaLearner
 from jiio_jax.tasks.base import InnerProblem, Metrics, PyTree, Task, register_task
-from jiio_jax.tasks.meta_adam import projected_adam_rows
 
 F32 = jnp.float32
 
@@ -124,7 +125,7 @@ class MetaTask(Task):
         backward = cc.backward("model.backward", m.backward)
         self.model = cc.deq_model(MDEQMetaLearner, self.arch, m, backward)
         self.jiio = cc.splat(
-            "model.jiio", jiio.JIIO, m.jiio, backward=backward, on_failure=cc.ON_FAILURE
+            "model.jiio", jiio.JIIO, m.jiio, backward=backward, **cc.failure_policy(m)
         )
         self.adam = build_adam(m.adam)
         self.num_support = self.data.n_way * self.data.k_shot
@@ -179,17 +180,6 @@ class MetaTask(Task):
         reg = self.context_l2 * jnp.mean(jnp.square(v))
         return self.data.n_way * labels.shape[0] * (jnp.mean(cross_entropy(logits, labels)) + reg)
 
-    def _support_row(self, z, v, row, inj, cell, head):
-        """One support example's cell (``row = (stem, label)``), for projected Adam."""
-        del head
-        film = self.model.film(v, inj)
-        return self.model.cell(z, CellInput(injection=row[0], film=film), cell)
-
-    def _rows_cost(self, z, v, rows, inj, cell, head):
-        """``support_cost`` in ``projected_adam_rows``'s signature (``rows = (stems, labels)``)."""
-        stems, labels = rows
-        return self.support_cost(z, v, stems, inj, cell, head, labels)
-
     def adapt(
         self,
         params: PyTree,
@@ -239,7 +229,7 @@ class MetaTask(Task):
 
     def _adapt_one(self, params, images, labels, method, key) -> InnerResult:
         problem = self.inner_problem(params, {"image": images, "label": labels})
-        stems, inj, cell, head, _ = problem.args
+        head = problem.args[3]
         if method == "jiio":
             sol = jiio.solve(
                 problem.f, problem.cost, problem.z0, problem.x0, *problem.args,
@@ -248,14 +238,13 @@ class MetaTask(Task):
             steps = fevals = sol.num_steps
             trajectory = sol.trajectory_sample
         else:
-            sol = projected_adam_rows(
-                self._support_row, self._rows_cost, problem.z0, problem.x0, (stems, labels),
-                (inj, cell, head),
+            sol = jiio.projected_adam(
+                problem.f, problem.cost, problem.z0, problem.x0, *problem.args,
                 num_steps=self.adam.num_steps, learning_rate=self.adam.learning_rate,
-                solver=self.adam.solver,
+                forward_solver=self.adam.solver, adjoint=Implicit(self.adam.solver),
             )  # fmt: skip
             steps = jnp.asarray(self.adam.num_steps, jnp.int32)
-            fevals = sol.forward_steps // labels.shape[0]  # per support example, as JIIO's
+            fevals = sol.forward_steps  # each evaluation covers the support set, as JIIO's
             trajectory = (sol.z, sol.x) if key is not None else None
         z = jax.lax.stop_gradient(sol.z)
         logits = jax.vmap(self.model.head, in_axes=(0, None))(z, head)
