@@ -5,23 +5,25 @@ batches, same optimizer and schedule, same epsilon warm-up) and only the inner m
 differs: JIIO-T (one augmented fixed-point solve of T steps) or PGD-k (k DEQ forward solves +
 implicit backward passes). Train steps of the methods alternate (``jiio step 1, pgd step 1,
 jiio step 2, ...``) so load drift on a shared machine hits all of them alike; each step is
-timed to ``block_until_ready`` and compilation is timed separately. At the evaluation points
+timed to ``block_until_ready`` and compilation is timed separately
+(``jiio_jax.evaluation.clock``). At the evaluation points
 every model is scored identically in eval mode on the whole test split: clean accuracy and
 robust accuracy under PGD-20 and JIIO-80, each from a DEQ re-solved at the attacked input
 (``AdversarialTask.evaluate``).
 
-Usage (writes experiments/results/adversarial.md and adversarial_training.png)::
+Usage (writes the measurements to experiments/results/adversarial.json, then
+adversarial.md and adversarial_training.png from that JSON alone)::
 
   python experiments/benchmarks/adversarial_training.py
   python experiments/benchmarks/adversarial_training.py --methods=jiio:20,jiio:40,pgd:20
   python experiments/benchmarks/adversarial_training.py --smoke --out=/tmp/adv_bench
+  python experiments/benchmarks/adversarial_training.py --report_only --out=/tmp/adv_bench
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -33,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_description, markdown_table  # noqa: E402
+import common  # noqa: E402
+from common import compile_ahead, machine_description, markdown_table, timed_call  # noqa: E402
 
 from jiio_jax import data as data_lib  # noqa: E402
 from jiio_jax.tasks import get_task  # noqa: E402
@@ -85,18 +88,15 @@ class Run:
         params = self.task.init_params(jax.random.key(config.seed), batch0)
         key_data = jax.random.key_data(jax.random.split(jax.random.key(config.seed), 3)[1])
         self.state = create_train_state(params, tx, key_data)
-        step_fn = jax.jit(make_train_step(self.task, tx, lr_fn), donate_argnums=0)
-        start = time.perf_counter()
-        self.step = step_fn.lower(self.state, batch0).compile()
-        self.compile_seconds = time.perf_counter() - start
+        self.step, self.compile_seconds = compile_ahead(
+            make_train_step(self.task, tx, lr_fn), self.state, batch0, donate_argnums=0
+        )
         self.step_seconds: list[float] = []
         self.metrics: list[dict[str, float]] = []
 
     def train_step(self, batch: dict[str, jax.Array]) -> None:
-        start = time.perf_counter()
-        self.state, metrics = self.step(self.state, batch)
-        metrics = jax.block_until_ready(metrics)
-        self.step_seconds.append(time.perf_counter() - start)
+        (self.state, metrics), seconds = timed_call(lambda: self.step(self.state, batch))
+        self.step_seconds.append(seconds)
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
             raise FloatingPointError(f"{self.label}: loss {loss} at step {len(self.step_seconds)}.")
@@ -135,15 +135,8 @@ def plot(path: str, history: dict[str, list[dict[str, float]]]) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default="jiio:20,pgd:20", help="comma-separated")
-    parser.add_argument("--steps", type=int, default=None, help="default: the config's 300")
-    parser.add_argument("--eval_points", type=int, default=3, help="evaluations per run")
-    parser.add_argument("--smoke", action="store_true", help="configs/digits_adv.py:small")
-    parser.add_argument("--out", default=os.path.join(REPO, "experiments", "results"))
-    args = parser.parse_args(argv)
-
+def measure(args, argv_used: list[str]) -> dict[str, Any]:
+    """Trains every method of ``args.methods`` interleaved; the measurements (JSON types)."""
     base = load_config("small" if args.smoke else None)
     if args.steps is not None:
         if args.steps < 1:
@@ -210,25 +203,43 @@ def main(argv=None) -> dict[str, Any]:
                 )
         if step < num_steps:
             batch = jax.tree.map(jnp.asarray, next(train_iter))
+    return {
+        "command": "python experiments/benchmarks/adversarial_training.py " + " ".join(argv_used),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_description(),
+        "load_end": os.getloadavg()[0],
+        "smoke": bool(args.smoke),
+        "epsilon": base.model.epsilon,
+        "num_steps": num_steps,
+        "batch_size": base.batch_size,
+        "num_test": sum(int(b["image"].shape[0]) for b in eval_batches),
+        "history": history,
+        "compile_seconds": {r.label: r.compile_seconds for r in runs},
+        "step_seconds": {r.label: r.step_seconds for r in runs},
+    }
 
-    # -- report --------------------------------------------------------------------------------
-    slowest = max(runs, key=lambda r: sum(r.step_seconds))
-    slowest_with_compile = sum(slowest.step_seconds) + slowest.compile_seconds
+
+def report(results: dict[str, Any]) -> tuple[str, str]:
+    """``(adversarial.md text, the final table)`` from the saved measurements alone."""
+    history, compile_seconds = results["history"], results["compile_seconds"]
+    step_seconds = results["step_seconds"]
+    total = {label: sum(step_seconds[label]) for label in history}
+    slowest = max(history, key=total.get)
+    slowest_with_compile = total[slowest] + compile_seconds[slowest]
     rows = []
-    for run in runs:
-        final = history[run.label][-1]
-        total = sum(run.step_seconds)
+    for label in history:
+        final = history[label][-1]
         rows.append(
             [
-                run.label,
+                label,
                 final["clean_acc"],
                 final["robust_acc_pgd"],
                 final["robust_acc_jiio"],
-                f"{total:.0f}",
-                f"{statistics.median(run.step_seconds):.3f}",
-                f"{run.compile_seconds:.0f}",
-                f"{sum(slowest.step_seconds) / total:.2f}x",
-                f"{slowest_with_compile / (total + run.compile_seconds):.2f}x",
+                f"{total[label]:.0f}",
+                f"{statistics.median(step_seconds[label]):.3f}",
+                f"{compile_seconds[label]:.0f}",
+                f"{total[slowest] / total[label]:.2f}x",
+                f"{slowest_with_compile / (total[label] + compile_seconds[label]):.2f}x",
             ]
         )
     headers = [
@@ -239,7 +250,7 @@ def main(argv=None) -> dict[str, Any]:
         "train time (s)",
         "median s/step",
         "compile (s)",
-        f"speed-up vs {slowest.label}",
+        f"speed-up vs {slowest}",
         "incl. compile",
     ]
     table = markdown_table(headers, rows)
@@ -252,28 +263,18 @@ def main(argv=None) -> dict[str, Any]:
     curves = markdown_table(
         ["training", "step", "train time (s)", "clean", "PGD-20", "JIIO-80"], curve_rows
     )
-    print(table)
-    num_test = sum(b["image"].shape[0] for b in eval_batches)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "adversarial.json"), "w", encoding="utf-8") as f:
-        compile_seconds = {r.label: r.compile_seconds for r in runs}
-        json.dump({"history": history, "compile_seconds": compile_seconds}, f, indent=1)
-    plot(os.path.join(args.out, "adversarial_training.png"), history)
-    command = "python experiments/benchmarks/adversarial_training.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    report = f"""# Adversarial training: JIIO vs PGD (digits, interleaved)
+    text = f"""# Adversarial training: JIIO vs PGD (digits, interleaved)
 
-Produced by `{command.strip()}` ({time.strftime("%Y-%m-%d")}).
-Machine: {machine_description()}; load average at the end {os.getloadavg()[0]:.1f}.
+Produced by `{results["command"].strip()}` ({results["date"]}).
+Machine: {results["machine"]}; load average at the end {results["load_end"]:.1f}.
 
-Config `configs/digits_adv.py`{" (:small)" if args.smoke else ""}: tiny MDEQ classifier, \
-L2 epsilon {base.model.epsilon} on the [0, 1] pixel scale, {num_steps} steps of batch \
-{base.batch_size}, same init, batches and optimizer for every method; train steps of the \
+Config `configs/digits_adv.py`{" (:small)" if results["smoke"] else ""}: tiny MDEQ classifier, \
+L2 epsilon {results["epsilon"]} on the [0, 1] pixel scale, {results["num_steps"]} steps of batch \
+{results["batch_size"]}, same init, batches and optimizer for every method; train steps of the \
 methods alternate in one process. PGD-k training uses Madry's step 2.5 eps / k. Train time \
 is the sum of the timed steps; compilation is timed apart (it does not grow with the run, \
 so the last column understates the ratio of a longer run). Evaluation in eval mode on \
-{num_test} test images, every accuracy from a DEQ re-solved at the attacked input.
+{results["num_test"]} test images, every accuracy from a DEQ re-solved at the attacked input.
 
 {table}
 
@@ -281,9 +282,30 @@ Robust accuracy during training (`adversarial_training.png`):
 
 {curves}
 """
+    return text, table
+
+
+def main(argv=None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default="jiio:20,pgd:20", help="comma-separated")
+    parser.add_argument("--steps", type=int, default=None, help="default: the config's 300")
+    parser.add_argument("--eval_points", type=int, default=3, help="evaluations per run")
+    parser.add_argument("--smoke", action="store_true", help="configs/digits_adv.py:small")
+    parser.add_argument("--out", default=os.path.join(REPO, "experiments", "results"))
+    common.add_report_only_flag(parser)
+    args = parser.parse_args(argv)
+    json_path = os.path.join(args.out, "adversarial.json")
+    if args.report_only:
+        results = common.load_results(json_path)
+    else:
+        argv_used = list(argv) if argv is not None else sys.argv[1:]
+        results = common.save_results(json_path, measure(args, argv_used))
+    text, table = report(results)
+    print(table)
+    plot(os.path.join(args.out, "adversarial_training.png"), results["history"])
     with open(os.path.join(args.out, "adversarial.md"), "w", encoding="utf-8") as f:
-        f.write(report)
-    return {"history": history, "table": table}
+        f.write(text)
+    return {"history": results["history"], "table": table}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """JIIO vs inner-loop optimizers on small dense DEQs (the paper's Figure 3 and its attack table).
 
-Two experiments on scikit-learn digits (8x8, float32, CPU), each method timed in the same
-process, interleaved (``common.interleaved_medians``), after compilation:
+Experiments on scikit-learn digits (8x8, float32, CPU), each method timed in the same
+process, interleaved, after compilation (``jiio_jax.evaluation.clock.interleaved_medians``:
+compile excluded, one warm-up call, medians of interleaved warm calls):
 
 (a) Latent reconstruction with a DEQ decoder ``z = tanh(W z + U x + b)`` (``||W||_2 = 0.9``,
     ``x`` in R^16, ``z`` in R^256), image ``tanh(V z + c)``, cost ``sum (h - y)^2`` per image,
@@ -12,24 +13,32 @@ process, interleaved (``common.interleaved_medians``), after compilation:
     ``jiio.inner_adam``), cold start; Adam's lr is the best of a grid for Adam-40.
 (b) L2 attack on a DEQ classifier ``z = tanh(W z + U (x + delta) + b)``, logits ``V z + c``:
     JIIO (normalized steps + projection) vs PGD-k (``jiio.pgd``), same epsilon.
+(c) Latent reconstruction as (a) with the library's MDEQ generator, whose inner problem is the
+    generative task's (``GenerativeTask.inner_problem``: no corruption, no latent prior).
 
 Every method's result is scored the same way: the DEQ re-solved at its output to 1e-6.
 
-Usage (writes experiments/results/jiio.md and jiio_*.png):
+The measuring part (``measure``) writes every number to ``<out>/jiio.json``; the report part
+(``report`` and ``plot``) writes ``jiio.md`` and ``jiio_*.png`` from that JSON alone. A new
+experiment adds its result dict under ``results["sections"]`` and its markdown to ``report``.
+
+Usage (writes experiments/results/jiio.json, jiio.md and jiio_*.png):
   /work/venv/bin/python experiments/benchmarks/jiio_vs_inner_loops.py
   /work/venv/bin/python experiments/benchmarks/jiio_vs_inner_loops.py --quick --out /tmp/x
+  /work/venv/bin/python experiments/benchmarks/jiio_vs_inner_loops.py --report_only --out /tmp/x
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +46,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compile_fn, interleaved_medians, machine_description, markdown_table  # noqa: E402
+import common  # noqa: E402
+from common import compile_ahead, interleaved_medians, machine_description, markdown_table  # noqa: E402
 
 from jiio_jax import jiio  # noqa: E402
 from jiio_jax.deq import Implicit, fixed_point  # noqa: E402
@@ -253,12 +263,18 @@ def dense_problem(cfg: BenchConfig) -> Recon:
     )
 
 
-def mdeq_generator(cfg: BenchConfig):
-    """The library's MDEQ generator (``jiio_jax.models``) for 8x8x1 digits, 16-d latent."""
-    from jiio_jax import models
+def mdeq_task(cfg: BenchConfig):
+    """The generative task (``GenerativeTask``) on 8x8x1 digits with the library's MDEQ generator
+    (branches ``cfg.mdeq_channels``, expansion 2, ``cfg.latent``-d latent): reconstruction (no
+    corruption) without a latent prior, so its inner cost is ``sum (h(z) - y)^2``."""
+    from jiio_jax.configs import common as config_common
+    from jiio_jax.configs import generative
+    from jiio_jax.tasks.generative import GenerativeTask
 
-    config = models.MDEQConfig(
-        image_shape=(8, 8, 1),
+    config = generative.generative_config(config_common.data_config(name="digits", image_size=8))
+    m = config.model
+    m.method, m.corruption, m.latent_penalty, m.arch = "jiio", "none", 0.0, ""
+    m.mdeq.update(
         channels=tuple(cfg.mdeq_channels),
         expansion=2,
         block_groups=4,
@@ -267,18 +283,28 @@ def mdeq_generator(cfg: BenchConfig):
         latent_dim=cfg.latent,
         cell_init_std=0.01,
     )
-    return models.MDEQGenerator(config)
+    return GenerativeTask(config)
 
 
-def mdeq_problem(cfg: BenchConfig, gen) -> Recon:
+def mdeq_problem(task, decoder_params) -> Recon:
+    """``task.inner_problem`` in this file's ``(z, x, p, target)`` convention (``p`` the decoder
+    parameters, passed as an argument so the implicit gradient reaches them);
+    ``decoder_params`` only give ``z0`` and ``x0``'s shapes."""
+
+    def problem(p, target):
+        return task.inner_problem({"decoder": p}, {"image": target})
+
     def layer(z, x, p, target):
-        del target
-        return gen.cell(z, gen.inject(x, p["injection"]), p["cell"])
+        inner = problem(p, target)
+        return inner.f(z, x, *inner.args)
 
     def cost(z, x, p, target):
-        return jnp.sum((gen.head(z, p["head"]) - target) ** 2)
+        inner = problem(p, target)
+        return inner.cost(z, x, *inner.args)
 
-    return Recon(layer, cost, gen.z0(F32), jnp.zeros((cfg.latent,), F32))
+    example = jnp.zeros(task.arch.image_shape, F32)
+    inner = problem(decoder_params, example)
+    return Recon(layer, cost, inner.z0, inner.x0)
 
 
 def train_classifier(cfg: BenchConfig, images, labels, train_idx, rng) -> dict:
@@ -325,12 +351,13 @@ class Runner:
 
     def __call__(self, name: str, fn: Callable) -> list:
         if name not in self.compiled:
-            self.compiled[name] = compile_fn(fn, self.params, *self.batches[0])[0]
+            self.compiled[name] = compile_ahead(fn, self.params, *self.batches[0])[0]
         return [self.compiled[name](self.params, *batch) for batch in self.batches]
 
     def time(self, names, repeats: int) -> dict[str, float]:
-        entries = {n: (self.compiled[n], (self.params, *self.batches[0])) for n in names}
-        return interleaved_medians(entries, repeats=repeats)
+        args = (self.params, *self.batches[0])
+        calls = {n: functools.partial(self.compiled[n], *args) for n in names}
+        return interleaved_medians(calls, repeats=repeats)
 
 
 def reconstruction_experiment(
@@ -616,7 +643,9 @@ def _verdict(ratio, bar) -> str:
     return f"{ratio:.1f}x ({'meets' if ratio >= bar else '**misses**'} the {bar}x bar)"
 
 
-def report(cfg, recon, attack, mdeq_recon, info, command) -> str:
+def report(cfg, recon, attack, mdeq_recon, results) -> str:
+    """The markdown of ``jiio.md`` (``results``: the saved JSON, for the run's metadata)."""
+    info, command = results["info"], results["command"]
     ref = recon["reference_steps"]
     rows = [["Adam", k, r["cost"], r["time"] * 1e3, r["fevals"]] for k, r in recon["adam"].items()]
     rows += [["JIIO", t, r["cost"], r["time"] * 1e3, r["fevals"]] for t, r in recon["jiio"].items()]
@@ -634,11 +663,11 @@ def report(cfg, recon, attack, mdeq_recon, info, command) -> str:
     lines = [
         "# JIIO vs inner-loop optimizers (dense DEQs and an MDEQ generator on digits)",
         "",
-        f"Machine: {machine_description()}",
+        f"Machine: {results['machine']}",
         "",
         f"Command: `{command}`",
         "",
-        f"Run: {time.strftime('%Y-%m-%d %H:%M')}, float32, batch {cfg.batch}, medians of "
+        f"Run: {results['date']}, float32, batch {cfg.batch}, medians of "
         f"{cfg.repeats} interleaved warm runs per entry (compile excluded). Every output is "
         "scored at the DEQ re-solved to 1e-6 (Anderson). Baselines: Anderson forward to 1e-4 "
         "(max 50) + implicit Anderson backward to 1e-4 (max 50) per step, cold start.",
@@ -807,13 +836,8 @@ def analysis(recon: dict, attack: dict) -> list[str]:
     return lines
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--out", default=os.path.join(REPO, "experiments", "results"))
-    args = parser.parse_args(argv)
-    cfg = BenchConfig.quick() if args.quick else BenchConfig()
-    os.makedirs(args.out, exist_ok=True)
+def measure(cfg: BenchConfig, command: str) -> dict[str, Any]:
+    """Trains the models and runs the experiments; every number the report needs."""
     rng = np.random.default_rng(cfg.seed)
     images, labels, train_idx, test_idx = load_data(cfg.seed)
     dense = dense_problem(cfg)
@@ -845,13 +869,14 @@ def main(argv=None) -> dict:
     attack = attack_experiment(
         cfg, classifier, [(jnp.asarray(images[i]), jnp.asarray(labels[i])) for i in held_out]
     )
-    gen = mdeq_generator(cfg)
-    mdeq = mdeq_problem(cfg, gen)
+    task = mdeq_task(cfg)
+    mdeq_init = jax.jit(task.model.init)(jax.random.key(cfg.seed + 2))
+    mdeq = mdeq_problem(task, mdeq_init)
     mdeq_images = jnp.asarray(2 * images - 1).reshape(-1, 8, 8, 1)
     mdeq_params, mdeq_loss = train_generator(
         cfg,
         mdeq,
-        jax.jit(gen.init)(jax.random.key(cfg.seed + 2)),
+        mdeq_init,
         mdeq_images,
         train_idx,
         rng,
@@ -872,24 +897,89 @@ def main(argv=None) -> dict:
         repeats=cfg.mdeq_repeats,
     )
     mdeq_recon["num_params"] = models_param_count(mdeq_params)
-    info = {
-        "decoder_loss": decoder_loss,
-        "classifier_loss": classifier_loss,
-        "mdeq_loss": mdeq_loss,
-    }
-    command = (
-        "/work/venv/bin/python experiments/benchmarks/jiio_vs_inner_loops.py"
-        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    )
-    text = report(cfg, recon, attack, mdeq_recon, info, command)
-    paths = plot(args.out, recon, attack, mdeq_recon)
-    with open(os.path.join(args.out, "jiio.md"), "w") as fh:
-        fh.write(text)
-    print(text)
+    # JSON keys are strings: JIIO's (variant, alpha) pairs are saved as a list.
+    attack["jiio_alpha_scores"] = [
+        [list(v), a, ce] for (v, a), ce in attack["jiio_alpha_scores"].items()
+    ]
     return {
-        "reconstruction": recon,
-        "attack": attack,
-        "mdeq_reconstruction": mdeq_recon,
+        "command": command,
+        "machine": machine_description(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "config": dataclasses.asdict(cfg),
+        "info": {
+            "decoder_loss": decoder_loss,
+            "classifier_loss": classifier_loss,
+            "mdeq_loss": mdeq_loss,
+        },
+        "sections": {
+            "reconstruction": recon,
+            "attack": attack,
+            "mdeq_reconstruction": mdeq_recon,
+        },
+    }
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def decode(results: dict[str, Any]) -> tuple[BenchConfig, dict[str, dict]]:
+    """The saved JSON as the report reads it: the config, and each section with its step
+    counts (int) and step sizes / learning rates (float) as keys again."""
+    cfg = BenchConfig(**{k: _tuples(v) for k, v in results["config"].items()})
+    sections = {}
+    for name, section in results["sections"].items():
+        section = dict(section)
+        for key in ("adam", "jiio", "pgd"):
+            if key in section:
+                section[key] = {int(k): row for k, row in section[key].items()}
+        for key in ("lr_scores", "alpha_scores", "pgd_alpha_scores"):
+            if key in section:
+                section[key] = {float(k): v for k, v in section[key].items()}
+        if "jiio_alpha_scores" in section:
+            section["jiio_alpha_scores"] = {
+                (tuple(v), a): ce for v, a, ce in section["jiio_alpha_scores"]
+            }
+            section["jiio_variant"] = tuple(section["jiio_variant"])
+        sections[name] = section
+    return cfg, sections
+
+
+def write_report(results: dict[str, Any], out: str) -> tuple[str, list[str]]:
+    """``jiio.md`` and the plots in ``out``, from the saved measurements alone."""
+    cfg, sections = decode(results)
+    recon, attack = sections["reconstruction"], sections["attack"]
+    mdeq_recon = sections["mdeq_reconstruction"]
+    text = report(cfg, recon, attack, mdeq_recon, results)
+    paths = plot(out, recon, attack, mdeq_recon)
+    with open(os.path.join(out, "jiio.md"), "w") as fh:
+        fh.write(text)
+    return text, paths
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", default=os.path.join(REPO, "experiments", "results"))
+    common.add_report_only_flag(parser)
+    args = parser.parse_args(argv)
+    json_path = os.path.join(args.out, "jiio.json")
+    if args.report_only:
+        results = common.load_results(json_path)
+    else:
+        cfg = BenchConfig.quick() if args.quick else BenchConfig()
+        command = (
+            "/work/venv/bin/python experiments/benchmarks/jiio_vs_inner_loops.py"
+            + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+        )
+        results = common.save_results(json_path, measure(cfg, command))
+    text, paths = write_report(results, args.out)
+    print(text)
+    _, sections = decode(results)
+    return {
+        "reconstruction": sections["reconstruction"],
+        "attack": sections["attack"],
+        "mdeq_reconstruction": sections["mdeq_reconstruction"],
         "plots": paths,
     }
 

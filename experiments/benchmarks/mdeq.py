@@ -3,15 +3,19 @@
 For each model config and each (forward solver, backward mode) pair this measures, per batch:
 the forward pass (inject + vmapped fixed-point solve + head) and one forward+backward step
 (``value_and_grad`` of a task loss w.r.t. all parameters), as medians of interleaved warm runs
-(``common.interleaved_medians``), plus XLA's temporary-buffer size of each compiled program
-(``compiled.memory_analysis().temp_size_in_bytes``, the peak scratch memory the CPU backend
-reports) and the compile time. Solvers run a fixed budget (``--steps``) at a tolerance that
-the reference-size cells do not reach at init, so the solvers are compared at equal work.
+(``jiio_jax.evaluation.clock.interleaved_medians``, compile excluded), plus XLA's
+temporary-buffer size of each compiled program (``compiled.memory_analysis().temp_size_in_bytes``,
+the peak scratch memory the CPU backend reports) and the compile time. Solvers run a fixed
+budget (``--steps``) at a tolerance that the reference-size cells do not reach at init, so the
+solvers are compared at equal work.
 
 Usage (the run recorded in experiments/results/mdeq.md, which quotes the tables verbatim)::
 
     python experiments/benchmarks/mdeq.py --out /tmp/mdeq_tables.md
 
+writes the measurements to ``<out stem>.json`` (``/tmp/mdeq_tables.json``), then the tables to
+``--out`` from that JSON alone (``report``); ``--report_only`` rebuilds the tables from the JSON
+without measuring. ``--out`` defaults to ``experiments/results/mdeq_tables.md``.
 ``--quick`` runs a seconds-long subset (used by tests/test_mdeq_benchmark.py).
 ``--only-equilibrium`` runs only the "Equilibrium at init" table (all configs, a few minutes)::
 
@@ -27,17 +31,22 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compile_fn, interleaved_medians, machine_description, markdown_table  # noqa: E402
+import common  # noqa: E402
+from common import compile_ahead, interleaved_medians, machine_description, markdown_table  # noqa: E402
 
 from jiio_jax import jacobian, models  # noqa: E402
 from jiio_jax.deq import Implicit, OneStep  # noqa: E402
 from jiio_jax.solvers import Anderson, Broyden, FixedPointIteration, Status  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_OUT = os.path.join(REPO, "experiments", "results", "mdeq_tables.md")
 
 # The reference's parameter counts, derived layer by layer from its PyTorch code (see
 # tests/test_models_params.py, which asserts ours equal these).
@@ -122,21 +131,21 @@ def bench_case(case: Case, solver_names: Sequence[str], backward_names: Sequence
     base = model_for(case.config)
     params = jax.jit(base.init)(jax.random.key(0))
     inputs, targets = make_inputs(base, case.batch, jax.random.key(1))
-    entries, meta = {}, {}
+    calls, meta = {}, {}
     for s_name in solver_names:
         solver = solvers(case.steps)[s_name]
         fwd_model = model_for(case.config, solver=solver)
-        fwd, t_fwd = compile_fn(lambda p, x, m=fwd_model: m(p, x), params, inputs)
+        fwd, t_fwd = compile_ahead(lambda p, x, m=fwd_model: m(p, x), params, inputs)
         _, info = fwd(params, inputs)
-        entries[(s_name, "forward")] = (fwd, (params, inputs))
+        calls[(s_name, "forward")] = functools.partial(fwd, params, inputs)
         meta[(s_name, "forward")] = (t_fwd, temp_mb(fwd), info)
         for b_name in backward_names:
             m = model_for(case.config, solver=solver, backward=BACKWARDS[b_name])
             step = jax.value_and_grad(lambda p, x, y, m=m: task_loss(m, p, x, y), has_aux=True)
-            fb, t_fb = compile_fn(step, params, inputs, targets)
-            entries[(s_name, b_name)] = (fb, (params, inputs, targets))
+            fb, t_fb = compile_ahead(step, params, inputs, targets)
+            calls[(s_name, b_name)] = functools.partial(fb, params, inputs, targets)
             meta[(s_name, b_name)] = (t_fb, temp_mb(fb), info)
-    times = interleaved_medians(entries, repeats=repeats)
+    times = interleaved_medians(calls, repeats=repeats)
     rows = []
     for (s_name, mode), seconds in times.items():
         t_compile, mb, info = meta[(s_name, mode)]
@@ -200,19 +209,8 @@ def convergence_rows(names: Sequence[str], batch: int, steps: int, with_radius: 
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="write the markdown report here")
-    parser.add_argument("--quick", action="store_true", help="seconds-long subset (smoke test)")
-    parser.add_argument(
-        "--only-equilibrium",
-        action="store_true",
-        help='only the "Equilibrium at init" table (skips parameter counts and timings)',
-    )
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--ref-repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-
+def measure(args) -> dict[str, Any]:
+    """The measurements of ``args`` (JSON types): table rows as lists of cells."""
     start = time.perf_counter()
     all_solvers, all_modes = ("anderson", "broyden", "fixed-point"), ("implicit", "one-step")
     all_names = [
@@ -245,20 +243,30 @@ def main(argv: Sequence[str] | None = None) -> str:
             Case("celeba_gen", 1, 8),
         ):
             timing += bench_case(case, ("anderson",), all_modes, args.ref_repeats)
-    elapsed = time.perf_counter() - start
+    return {
+        "machine": machine_description(),
+        "elapsed_s": time.perf_counter() - start,
+        "only_equilibrium": bool(args.only_equilibrium),
+        "params": param_rows(param_names),
+        "equilibrium": conv,
+        "timing": timing,
+    }
 
+
+def report(results: dict[str, Any]) -> str:
+    """The markdown tables, from the saved measurements alone."""
     sections = [
-        f"Device: {machine_description()}. Total benchmark time {elapsed:.0f} s.",
+        f"Device: {results['machine']}. Total benchmark time {results['elapsed_s']:.0f} s.",
         "### Parameter counts (ours via jax.eval_shape; reference derived from its PyTorch "
         "modules, copies excluded)\n\n"
         + markdown_table(
             ["config", "injection", "cell", "head", "total (ours)", "total (reference)"],
-            param_rows(param_names),
+            results["params"],
         ),
         "### Equilibrium at init (Anderson m=5, relative tolerance 1e-5)\n\n"
         + markdown_table(
             ["config", "batch", "mean steps", "max rel. residual", "status", "rho(df/dz)"],
-            conv,
+            results["equilibrium"],
         ),
         "### Time and memory per batch (float32, CPU)\n\n"
         + markdown_table(
@@ -273,17 +281,39 @@ def main(argv: Sequence[str] | None = None) -> str:
                 "mean fwd steps",
                 "max fwd residual",
             ],
-            timing,
+            results["timing"],
         ),
     ]
-    if args.only_equilibrium:
+    if results["only_equilibrium"]:
         sections = [sections[0], sections[2]]
-    report = "\n\n".join(sections)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
-    print(report)
-    return report
+    return "\n\n".join(sections)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="the markdown tables; measurements: <out stem>.json"
+    )
+    parser.add_argument("--quick", action="store_true", help="seconds-long subset (smoke test)")
+    parser.add_argument(
+        "--only-equilibrium",
+        action="store_true",
+        help='only the "Equilibrium at init" table (skips parameter counts and timings)',
+    )
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--ref-repeats", type=int, default=3)
+    common.add_report_only_flag(parser)
+    args = parser.parse_args(argv)
+    json_path = os.path.splitext(args.out)[0] + ".json"
+    if args.report_only:
+        results = common.load_results(json_path)
+    else:
+        results = common.save_results(json_path, measure(args))
+    text = report(results)
+    with open(args.out, "w") as f:
+        f.write(text + "\n")
+    print(text)
+    return text
 
 
 if __name__ == "__main__":

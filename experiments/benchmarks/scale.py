@@ -20,7 +20,8 @@ One command measures, with synthetic inputs of the real shapes (all float32 unle
 5. **1 -> N device scaling** of the train step (data parallel: a ``('data',)`` mesh, batch
    sharded with ``NamedSharding``, parameters replicated), when there are several devices.
 
-Methods compared in a table are timed interleaved (``common.interleaved_medians``). Memory:
+Methods compared in a table are timed interleaved (``jiio_jax.evaluation.clock``: compile apart,
+one untimed run, then medians of interleaved warm runs). Memory:
 ``device.memory_stats()["peak_bytes_in_use"]`` after the program ran where the backend has it
 (GPU; a process-wide peak, so it only grows through the run), and always XLA's compiled
 memory analysis (temp + argument + output bytes of the program).
@@ -34,15 +35,18 @@ Usage::
 omniglot_meta=1 --table3_batch=1 --table2_batch=2 --repeats=1 --budget_s=3000
 
 ``--budget_s`` bounds the wall time: a section (or item) that would start after it is
-reported as "skipped: budget", and repeats are cut to what fits. ``--out`` is a markdown file;
-the run replaces only its own platform's block there (so GPU and CPU records coexist) and
-writes ``<out stem>_<platform>.json`` beside it.
+reported as "skipped: budget", and repeats are cut to what fits. ``--out`` is a markdown file:
+the run writes its measurements to ``<out stem>_<platform>.json`` and then, from that JSON alone
+(``render``), replaces only its own platform's block of ``--out`` (so GPU and CPU records
+coexist). ``--report_only --platform=cpu`` rebuilds that block from the saved JSON without
+measuring.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -61,11 +65,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 from common import (  # noqa: E402
-    compile_fn,
+    compile_ahead,
     interleaved_medians,
     machine_description,
     markdown_table,
+    timed_call,
 )
 
 from jiio_jax import jiio, models  # noqa: E402
@@ -230,9 +236,7 @@ class Clock:
 
 def run_once(fn: Callable, *args: Any) -> tuple[Any, float]:
     """Runs ``fn`` once (the warm-up after compilation); returns ``(output, seconds)``."""
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
+    return timed_call(functools.partial(fn, *args))
 
 
 def timed(
@@ -247,7 +251,8 @@ def timed(
     n = max(1, min(repeats, fit))
     if n < repeats:
         clock.log(f"  repeats cut to {n} (budget)")
-    return interleaved_medians(entries, repeats=n, warmup=0)
+    calls = {name: functools.partial(fn, *args) for name, (fn, args) in entries.items()}
+    return interleaved_medians(calls, repeats=n, warmup=0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -269,7 +274,7 @@ def measure_train_step(clock, cfg, batch, repeats, mesh=None, label=None):
         inputs, targets = jax.device_put((inputs, targets), shard)
     step = make_train_step(model, optimizer)
     clock.log(f"{label or cfg}: compiling")
-    compiled, t_compile = compile_fn(step, params, opt_state, inputs, targets)
+    compiled, t_compile = compile_ahead(step, params, opt_state, inputs, targets)
     args = (params, opt_state, inputs, targets)
     (_, _, loss, steps), first = run_once(compiled, *args)
     seconds = timed(clock, {"step": (compiled, args)}, repeats, {"step": first})["step"]
@@ -374,7 +379,7 @@ def section_table3(clock, s: Settings) -> dict:
             rows[name] = {"skipped": "budget"}
             continue
         clock.log(f"table 3 {name} on {s.gen_arch}, batch {s.table3_batch}: compiling")
-        compiled, t_compile = compile_fn(fn, params, targets)
+        compiled, t_compile = compile_ahead(fn, params, targets)
         out, first[name] = run_once(compiled, params, targets)
         rows[name] = {
             "compile_s": t_compile,
@@ -468,7 +473,7 @@ def section_table2(clock, s: Settings) -> dict:
             rows[name] = {"skipped": "budget"}
             continue
         clock.log(f"table 2 {name} on {s.cls_arch}, batch {s.table2_batch}: compiling")
-        compiled, t_compile = compile_fn(fn, params, images, labels)
+        compiled, t_compile = compile_ahead(fn, params, images, labels)
         out, first[name] = run_once(compiled, params, images, labels)
         ce, acc = evaluate(out.x, params, images, labels)
         norm = float(jnp.max(jnp.sqrt(jnp.sum(out.x.reshape(out.x.shape[0], -1) ** 2, -1))))
@@ -859,7 +864,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--jiio_adv_steps", type=int, default=None, help="Table 2 JIIO-T")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (median)")
     parser.add_argument("--sections", default=None, help=f"subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--platform",
+        default=None,
+        help="with --report_only: whose saved measurements to report (default: the backend "
+        "JAX finds)",
+    )
+    common.add_report_only_flag(parser)
     args = parser.parse_args(argv)
+    if args.report_only:
+        if not args.out:
+            raise SystemExit("--report_only needs --out (the report whose JSON to read).")
+        platform = args.platform or jax.devices()[0].platform
+        results = common.load_results(json_path(args.out, platform))
+        write_report(results, args.out)
+        return results
     s = settings_from(args)
     argv_used = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "experiments/benchmarks/scale.py", *argv_used])
@@ -907,20 +926,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "skipped_sections": skipped,
         "failed_sections": failed,
     }
-    report = render(results)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    title = f"{device.platform}: {device.device_kind} ({stamp})"
-    print("\n" + report + "\n", flush=True)
+    results["stamp"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_block(args.out, device.platform, title, report)
-        stem = os.path.splitext(args.out)[0]
-        json_path = f"{stem}_{device.platform}.json"
-        with open(json_path, "w") as fh:
-            json.dump(results, fh, indent=1, default=str)
-        print(f"wrote {args.out} and {json_path}", flush=True)
+        results = common.save_results(json_path(args.out, device.platform), results)
+    else:
+        results = common.as_json(results)
+    write_report(results, args.out)
     print(json.dumps({k: results[k] for k in ("platform", "device_kind", "total_s")}))
     return results
+
+
+def json_path(out: str, platform: str) -> str:
+    """Where a run on ``platform`` saves its measurements: ``<out stem>_<platform>.json``."""
+    return f"{os.path.splitext(out)[0]}_{platform}.json"
+
+
+def write_report(results: dict, out: str | None) -> str:
+    """Prints the report of ``results`` (the saved measurements) and, if ``out``, replaces this
+    platform's block of ``out`` with it; returns the report."""
+    report = render(results)
+    # Measurements saved before the stamp was recorded: the title says so.
+    stamp = results.get("stamp", "date not recorded")
+    title = f"{results['platform']}: {results['device_kind']} ({stamp})"
+    print("\n" + report + "\n", flush=True)
+    if out:
+        write_block(out, results["platform"], title, report)
+        print(f"wrote {out}", flush=True)
+    return report
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ evaluated in float64 numpy on the returned z, outside every library. For each so
 configuration the internal tolerance is swept over ``eps * {1, 1/3, 1/10, 1/30, 1/100}`` and the
 *loosest* one that meets the criterion for every sample is reported (with its fevals, compile
 time and warm time). Compile time is measured separately (``lower().compile()``); warm time is
-the median of 20 interleaved runs after one warm-up. Peers follow §4.3b: jaxopt with
-``unroll=False`` (a ``lax.while_loop``) and ``implicit_diff=False``; jaxopt Broyden with
-``gamma=-1``, ``stepsize=1`` (no line search) and ``history_size=30``.
+the median of 20 interleaved runs after one warm-up (``jiio_jax.evaluation.clock``). Peers
+follow §4.3b: jaxopt with ``unroll=False`` (a ``lax.while_loop``) and ``implicit_diff=False``;
+jaxopt Broyden with ``gamma=-1``, ``stepsize=1`` (no line search) and ``history_size=30``.
 
 Usage::
 
@@ -20,8 +20,10 @@ Usage::
     python experiments/benchmarks/solvers.py --full     # whole grid (hours on 2 cores)
     python experiments/benchmarks/solvers.py --smoke --out /tmp/x   # seconds, for the test
 
-Writes ``<out>/solvers.md``, ``<out>/solvers_residuals.png`` and
-``<out>/solvers_time_vs_fevals.png`` (``<out>`` defaults to ``experiments/results``).
+Writes the measurements to ``<out>/solvers.json`` (``measure``), then ``<out>/solvers.md``,
+``<out>/solvers_residuals.png`` and ``<out>/solvers_time_vs_fevals.png`` from that JSON alone
+(``write_report``; ``<out>`` defaults to ``experiments/results``). ``--report_only`` rebuilds the
+report and plots from the JSON without measuring.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ os.environ.setdefault(
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
+import functools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -304,6 +307,46 @@ class Result:
         return float(np.median(self.fevals))
 
 
+def _config_json(cfg: Config) -> dict:
+    return {"name": cfg.name, "lib": cfg.lib, "mode": cfg.mode}
+
+
+def _config_from_json(d: dict) -> Config:
+    """The saved name of a configuration (no solver: the report only names it)."""
+    return Config(d["name"], d["lib"], d["mode"], build=None)
+
+
+def result_json(r: Result) -> dict:
+    """A ``Result``'s measurements in JSON types (no executable)."""
+    return {
+        "config": _config_json(r.cfg),
+        "tol": r.tol,
+        "met": r.met,
+        "success": r.success,
+        "fevals": np.asarray(r.fevals).tolist(),
+        "res": np.asarray(r.res).tolist(),
+        "nan": r.nan,
+        "compile_s": r.compile_s,
+        "hit_budget": r.hit_budget,
+        "ms": r.ms,
+    }
+
+
+def result_from_json(d: dict) -> Result:
+    return Result(
+        cfg=_config_from_json(d["config"]),
+        tol=d["tol"],
+        met=d["met"],
+        success=d["success"],
+        fevals=np.asarray(d["fevals"]),
+        res=np.asarray(d["res"], np.float64),
+        nan=d["nan"],
+        compile_s=d["compile_s"],
+        hit_budget=d["hit_budget"],
+        ms=d["ms"],
+    )
+
+
 _COMPILED: dict[tuple, tuple[Callable, float]] = {}
 
 
@@ -312,7 +355,7 @@ def compiled_solve(cfg: Config, tol: float, max_steps: int, w, inj) -> tuple[Cal
     problems of the same size reuse the executable. Returns ``(compiled, first compile s)``."""
     key = (cfg.key, tol, max_steps, w.shape, inj.shape, str(w.dtype))
     if key not in _COMPILED:
-        _COMPILED[key] = common.compile_fn(cfg.build(tol, max_steps), w, inj)
+        _COMPILED[key] = common.compile_ahead(cfg.build(tol, max_steps), w, inj)
     return _COMPILED[key]
 
 
@@ -368,7 +411,7 @@ def run_problem(
         if not group:
             continue
         med = common.interleaved_medians(
-            {r.cfg.key: (r.compiled, (w, inj)) for r in group}, repeats=reps
+            {r.cfg.key: functools.partial(r.compiled, w, inj) for r in group}, repeats=reps
         )
         for r in group:
             r.ms = 1e3 * med[r.cfg.key]
@@ -382,7 +425,8 @@ def per_step_costs(p: Problem, cfgs: list[Config], steps: int, repeats: int, log
 
     The floor is a bare ``fori_loop`` of ``steps`` evaluations of the batched map. Time is
     divided by the largest per-sample feval count (a vmapped loop runs until its slowest sample).
-    Returns ``(markdown, {key: us_per_feval})``.
+    Returns the measurements ``{"label", "rows": [{"key", "max_fevals", "seconds"}]}``
+    (``per_step_markdown`` reports them).
     """
     data = make_problem(p)
     w, inj = jnp.asarray(data["W"]), jnp.asarray(data["inj"])
@@ -391,29 +435,50 @@ def per_step_costs(p: Problem, cfgs: list[Config], steps: int, repeats: int, log
         z = jax.lax.fori_loop(0, steps, lambda i, z: jnp.tanh(z @ w.T + inj), jnp.zeros_like(inj))
         return z, jnp.full(inj.shape[:1], steps, jnp.int32)
 
-    entries, fevals = {}, {}
+    calls, fevals = {}, {}
     # Not in the main grid: the non-default "ring" policy, to separate the restart's cost.
     extra = [_ours("Broyden L=30 ring", js.broyden, memory=30, full_memory="ring")]
     for key, fn in [("bare f loop", bare)] + [
         (c.key, c.build(1e-30, steps)) for c in cfgs + extra if c.mode == "per-sample"
     ]:
-        compiled, _ = common.compile_fn(fn, w, inj)
+        compiled, _ = common.compile_ahead(fn, w, inj)
         fe = compiled(w, inj)[1]
-        entries[key] = (compiled, (w, inj))
+        calls[key] = functools.partial(compiled, w, inj)
         fevals[key] = int(np.max(np.asarray(fe)))
-    med = common.interleaved_medians(entries, repeats=repeats)
-    per = {k: 1e6 * med[k] / fevals[k] for k in entries}
+    med = common.interleaved_medians(calls, repeats=repeats)
+    data = {
+        "label": p.label,
+        "rows": [{"key": k, "max_fevals": fevals[k], "seconds": med[k]} for k in calls],
+    }
+    log(per_step_markdown(data, short=True)[0])
+    return data
+
+
+def per_step_markdown(data: dict, short: bool = False) -> tuple[str, dict[str, float]]:
+    """``(markdown, {key: us_per_feval})`` of ``per_step_costs``'s measurements."""
+    per = {r["key"]: 1e6 * r["seconds"] / r["max_fevals"] for r in data["rows"]}
     floor = per["bare f loop"]
     rows = [
-        [k, fevals[k], f"{1e3 * med[k]:.2f}", f"{per[k]:.0f}", f"{per[k] / floor:.2f}"]
-        for k in entries
+        [
+            r["key"],
+            r["max_fevals"],
+            f"{1e3 * r['seconds']:.2f}",
+            f"{per[r['key']]:.0f}",
+            f"{per[r['key']] / floor:.2f}",
+        ]
+        for r in data["rows"]
     ]
-    log(common.markdown_table(["config", "max fevals", "ms", "us / feval", "vs bare f"], rows))
-    md = common.markdown_table(
-        ["config (per-sample)", "max fevals", "warm ms", "us per feval", "per feval / bare f"],
-        rows,
-    )
-    return md, per
+    if short:
+        headers = ["config", "max fevals", "ms", "us / feval", "vs bare f"]
+    else:
+        headers = [
+            "config (per-sample)",
+            "max fevals",
+            "warm ms",
+            "us per feval",
+            "per feval / bare f",
+        ]
+    return common.markdown_table(headers, rows), per
 
 
 # ------------------------------------------------------------------------------------------
@@ -519,11 +584,12 @@ def headline_rows(all_results: list[tuple[Problem, float, list[Result]]]):
     return headers, rows
 
 
-def status_check(p: Problem, cfgs: list[Config], eps: float, max_steps: int, log=print):
-    """Non-contractive family: one run per config at tol=eps; reports how each one ends."""
+def status_check(p: Problem, cfgs: list[Config], eps: float, max_steps: int, log=print) -> dict:
+    """Non-contractive family: one run per config at tol=eps; how each one ends (the
+    measurements; ``status_markdown`` reports them)."""
     data = make_problem(p)
     w, inj = jnp.asarray(data["W"]), jnp.asarray(data["inj"])
-    rows, summary = [], []
+    rows = []
     for cfg in cfgs:
         compiled, _ = compiled_solve(cfg, eps, max_steps, w, inj)
         out = jax.block_until_ready(compiled(w, inj))
@@ -532,19 +598,38 @@ def status_check(p: Problem, cfgs: list[Config], eps: float, max_steps: int, log
         extra = _status_counts(np.asarray(out[2])) if len(out) > 2 else ""
         nan = bool(~np.isfinite(z).all())
         rows.append(
+            {
+                "config": _config_json(cfg),
+                "success": float((res <= eps).mean()),
+                "fevals": fe.tolist(),
+                "res": res.tolist(),
+                "nan": nan,
+                "status_counts": extra,
+            }
+        )
+        log(f"    {cfg.key:52s} success={float((res <= eps).mean()):.2f} nan={nan} {extra}")
+    return {"problem": dataclasses.asdict(p), "eps": eps, "max_steps": max_steps, "rows": rows}
+
+
+def status_markdown(data: dict) -> tuple[str, list]:
+    """``(markdown, summary)`` of ``status_check``'s measurements; ``summary``: one
+    ``(config, success, nan, status counts)`` per configuration."""
+    rows, summary = [], []
+    for r in data["rows"]:
+        cfg, fe, res = _config_from_json(r["config"]), np.asarray(r["fevals"]), np.asarray(r["res"])
+        rows.append(
             [
                 cfg.lib,
                 cfg.name,
                 cfg.mode,
-                f"{100 * float((res <= eps).mean()):.0f}%",
+                f"{100 * r['success']:.0f}%",
                 _fe_arr(fe),
                 f"{np.max(res):.1e} / {np.median(res):.1e}",
-                "NaN" if nan else "",
-                extra,
+                "NaN" if r["nan"] else "",
+                r["status_counts"],
             ]
         )
-        summary.append((cfg, float((res <= eps).mean()), nan, extra))
-        log(f"    {cfg.key:52s} success={float((res <= eps).mean()):.2f} nan={nan} {extra}")
+        summary.append((cfg, r["success"], r["nan"], r["status_counts"]))
     headers = [
         "lib",
         "solver",
@@ -634,7 +719,7 @@ def _grad_methods(smoke: bool):
     return methods
 
 
-def _grad_problem(fam, rho, d, batch, repeats, smoke, log) -> str:
+def _grad_problem(fam, rho, d, batch, repeats, smoke, log) -> dict:
     from jiio_jax.deq import fixed_point
 
     p = Problem(fam, rho, d, batch, 0.1)
@@ -660,23 +745,41 @@ def _grad_problem(fam, rho, d, batch, repeats, smoke, log) -> str:
     rows = []
     for name, solver, backward in _grad_methods(smoke):
         grad_fn = jax.grad(make_loss(solver, backward), argnums=(0, 1, 2, 3))
-        compiled, compile_s = common.compile_fn(grad_fn, w, u, b, xs)
+        compiled, compile_s = common.compile_ahead(grad_fn, w, u, b, xs)
         g = compiled(w, u, b, xs)
         flat = jnp.concatenate([gi.ravel() for gi in g])
         cos = float(flat @ flat_ref / (jnp.linalg.norm(flat) * jnp.linalg.norm(flat_ref)))
-        ms = 1e3 * common.interleaved_medians({name: (compiled, (w, u, b, xs))}, repeats)[name]
+        call = functools.partial(compiled, w, u, b, xs)
+        ms = 1e3 * common.interleaved_medians({name: call}, repeats)[name]
         rows.append(
-            [
-                name,
-                f"{rel(flat, flat_ref):.1e}",
-                f"{rel(g[0], g_ref[0]):.1e}",
-                f"{rel(g[3], g_ref[3]):.1e}",
-                f"{cos:.6f}",
-                f"{ms:.2f}",
-                f"{compile_s:.2f}",
-            ]
+            {
+                "backward": name,
+                "rel_err": rel(flat, flat_ref),
+                "rel_err_w": rel(g[0], g_ref[0]),
+                "rel_err_x": rel(g[3], g_ref[3]),
+                "cosine": cos,
+                "ms": ms,
+                "compile_s": compile_s,
+            }
         )
-        log(f"    grad {fam} rho={rho:g} {name:45s} rel={rows[-1][1]} ms={ms:.2f}")
+        log(f"    grad {fam} rho={rho:g} {name:45s} rel={rows[-1]['rel_err']:.1e} ms={ms:.2f}")
+    return {"label": p.label, "reference_residual": float(fres), "rows": rows}
+
+
+def grad_markdown(data: dict) -> str:
+    """One problem's table of ``_grad_problem``'s measurements."""
+    rows = [
+        [
+            r["backward"],
+            f"{r['rel_err']:.1e}",
+            f"{r['rel_err_w']:.1e}",
+            f"{r['rel_err_x']:.1e}",
+            f"{r['cosine']:.6f}",
+            f"{r['ms']:.2f}",
+            f"{r['compile_s']:.2f}",
+        ]
+        for r in data["rows"]
+    ]
     headers = [
         "backward",
         "rel. err (all grads)",
@@ -687,17 +790,17 @@ def _grad_problem(fam, rho, d, batch, repeats, smoke, log) -> str:
         "compile s",
     ]
     return (
-        f"**{p.label}, float64** (reference z* residual max {float(fres):.1e}; "
-        "loss sum_b <c_b, z*_b>)\n\n" + common.markdown_table(headers, rows)
+        f"**{data['label']}, float64** (reference z* residual max "
+        f"{data['reference_residual']:.1e}; loss sum_b <c_b, z*_b>)\n\n"
+        + common.markdown_table(headers, rows)
     )
 
 
-def gradient_section(d, batch, families, repeats, smoke=False, log=print) -> str:
-    """Gradient accuracy of the DEQ backward modes, float64 for this section only."""
+def gradient_section(d, batch, families, repeats, smoke=False, log=print) -> list[dict]:
+    """Gradient accuracy of the DEQ backward modes, float64 for this section only (one
+    measurement dict per problem; ``grad_markdown`` reports each)."""
     with jax.enable_x64(True):
-        return "\n\n".join(
-            _grad_problem(fam, rho, d, batch, repeats, smoke, log) for fam, rho in families
-        )
+        return [_grad_problem(fam, rho, d, batch, repeats, smoke, log) for fam, rho in families]
 
 
 # ------------------------------------------------------------------------------------------
@@ -705,22 +808,44 @@ def gradient_section(d, batch, families, repeats, smoke=False, log=print) -> str
 # ------------------------------------------------------------------------------------------
 
 
-def residual_plot(p: Problem, cfgs: list[Config], eps: float, steps: int, path: str) -> str:
+def residual_traces(p: Problem, cfgs: list[Config], eps: float, steps: int) -> dict:
+    """Per-sample relative residual of each per-sample configuration over ``steps`` fevals
+    (unreachable tol): the measurements ``residual_plot`` draws. Each sample's curve is saved
+    as one string of float32-exact ``%.9g`` values (a compact JSON)."""
+    data = make_problem(p)
+    w, inj = jnp.asarray(data["W"]), jnp.asarray(data["inj"])
+    traces = []
+    for cfg in cfgs:
+        if cfg.trace is None or cfg.mode != "per-sample":
+            continue
+        fe, res = cfg.trace(w, inj, steps)
+        traces.append(
+            {
+                "config": _config_json(cfg),
+                "fevals": np.asarray(fe).tolist(),
+                "res": [" ".join(f"{v:.9g}" for v in row) for row in np.asarray(res)],
+            }
+        )
+    return {"label": p.label, "eps": eps, "traces": traces}
+
+
+def residual_plot(data: dict, path: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = make_problem(p)
-    w, inj = jnp.asarray(data["W"]), jnp.asarray(data["inj"])
-    with_trace = [c for c in cfgs if c.trace is not None and c.mode == "per-sample"]
+    with_trace = data["traces"]
+    eps = data["eps"]
     ncol = min(4, len(with_trace))
     nrow = -(-len(with_trace) // ncol)
     fig, axes = plt.subplots(
         nrow, ncol, figsize=(4 * ncol, 3 * nrow), sharex=True, sharey=True, squeeze=False
     )
-    for ax, cfg in zip(axes.ravel(), with_trace, strict=False):
-        fe, res = cfg.trace(w, inj, steps)
+    for ax, trace in zip(axes.ravel(), with_trace, strict=False):
+        cfg = _config_from_json(trace["config"])
+        fe = np.asarray(trace["fevals"])
+        res = np.asarray([np.array(row.split(), np.float32) for row in trace["res"]])
         for row in res:
             ax.semilogy(fe, np.maximum(row, 1e-12), lw=0.6, alpha=0.5)
         ax.axhline(eps, color="k", ls="--", lw=0.8)
@@ -732,7 +857,7 @@ def residual_plot(p: Problem, cfgs: list[Config], eps: float, steps: int, path: 
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("||f(z)-z|| / ||f(z)||")
-    fig.suptitle(f"Per-sample relative residual, {p.label}, float32 (dashed: eps={eps:g})")
+    fig.suptitle(f"Per-sample relative residual, {data['label']}, float32 (dashed: eps={eps:g})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -856,6 +981,111 @@ def _t(t_start: float) -> str:
     return f"{time.perf_counter() - t_start:.0f}s"
 
 
+def measure(args, argv_used: list[str]) -> dict[str, Any]:
+    """Runs the plan of ``args``; every measurement the report needs, in JSON types."""
+    t_start = time.perf_counter()
+    cpu_start = time.process_time()
+    load_start = os.getloadavg()
+    cfg = plan(args)
+    cfgs = all_configs()
+    if cfg.get("configs"):
+        cfgs = [c for c in cfgs if c.key in cfg["configs"]]
+    machine = common.machine_description()
+    print(f"# {machine}\n# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}", flush=True)
+
+    data: dict[str, Any] = {"problems": [], "n_check": [], "per_step": None}
+    for eps in cfg["eps"]:
+        for p in cfg["problems"]:
+            print(f"\n## {p.label}, eps={eps:g} (t={_t(t_start)})", flush=True)
+            results = run_problem(p, cfgs, eps, cfg["max_steps"], cfg["repeats"])
+            print(problem_table(results), flush=True)
+            data["problems"].append(
+                {
+                    "problem": dataclasses.asdict(p),
+                    "eps": eps,
+                    "results": [result_json(r) for r in results],
+                }
+            )
+
+    if not args.no_extras and not args.smoke:
+        print(f"\n## per-feval cost on {cfg['plot'].label} (t={_t(t_start)})", flush=True)
+        data["per_step"] = per_step_costs(cfg["plot"], cfgs, 200, min(cfg["repeats"], 10))
+
+    for p in [] if args.no_extras else cfg["n_check"]:
+        eps = cfg["eps"][-1]
+        print(f"\n## status check {p.label}, tol=eps={eps:g} (t={_t(t_start)})", flush=True)
+        data["n_check"].append(status_check(p, cfgs, eps, cfg["max_steps"]))
+
+    data["grad"], data["trained"] = [], None
+    if not args.no_grad:
+        print(f"\n## gradient accuracy (t={_t(t_start)})", flush=True)
+        data["grad"] = gradient_section(
+            repeats=min(cfg["repeats"], 5), smoke=args.smoke, **cfg["grad"]
+        )
+        print("\n\n".join(grad_markdown(g) for g in data["grad"]), flush=True)
+        print(f"\n## trained layer vs optimistix (t={_t(t_start)})", flush=True)
+        data["trained"] = trained_layer.measure_agreement(
+            repeats=min(cfg["repeats"], 20), smoke=args.smoke
+        )
+
+    data["traces"] = None
+    if not args.no_extras:
+        print(f"\n## residual traces (t={_t(t_start)})", flush=True)
+        data["traces"] = residual_traces(cfg["plot"], cfgs, cfg["eps"][-1], cfg["plot_steps"])
+    data["meta"] = {
+        "argv": argv_used,
+        "machine": machine,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "code": _git_state(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "elapsed": time.perf_counter() - t_start,
+        "cpu": time.process_time() - cpu_start,
+        "load": [load_start[0], os.getloadavg()[0]],
+        "max_steps": cfg["max_steps"],
+        "repeats": cfg["repeats"],
+        "plot_label": cfg["plot"].label,
+        "plot_steps": cfg["plot_steps"],
+    }
+    return data
+
+
+def write_report(data: dict[str, Any], out: str) -> str:
+    """``solvers.md`` and the two plots in ``out``, from the saved measurements alone."""
+    rep: dict[str, Any] = {"all_results": [], "sections": []}
+    for entry in data["problems"]:
+        p = Problem(**entry["problem"])
+        results = [result_from_json(r) for r in entry["results"]]
+        rep["all_results"].append((p, entry["eps"], results))
+        rep["sections"].append(f"### {p.label}, eps={entry['eps']:g}\n\n{problem_table(results)}")
+    headers, rows = headline_rows(rep["all_results"])
+    rep["headline"] = common.markdown_table(headers, rows)
+    print("\n## Headline\n" + rep["headline"], flush=True)
+    rep["per_step"] = per_step_markdown(data["per_step"]) if data["per_step"] else None
+    rep["n_sections"], rep["n_summary"] = [], []
+    for check in data["n_check"]:
+        md, summary = status_markdown(check)
+        p = Problem(**check["problem"])
+        rep["n_sections"].append(
+            f"### {p.label}, tol = eps = {check['eps']:g}, budget {check['max_steps']}\n\n{md}"
+        )
+        rep["n_summary"].append((p, summary))
+    rep["grad_md"] = "\n\n".join(grad_markdown(g) for g in data["grad"])
+    if data["trained"] is not None:
+        rep["trained_md"] = trained_layer.agreement_markdown(data["trained"])
+        print(rep["trained_md"], flush=True)
+    rep["res_png"] = os.path.join(out, "solvers_residuals.png")
+    rep["sc_png"] = os.path.join(out, "solvers_time_vs_fevals.png")
+    if data["traces"] is not None:
+        residual_plot(data["traces"], rep["res_png"])
+        scatter_plot(rep["all_results"], rep["sc_png"])
+    md = render_markdown(data["meta"], rep)
+    with open(os.path.join(out, "solvers.md"), "w") as fh:
+        fh.write(md)
+    print("\n## What this shows\n" + what_this_shows(rep), flush=True)
+    return md
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group()
@@ -875,78 +1105,18 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-extras", action="store_true", help="skip the status check, per-step costs, plots"
     )
+    common.add_report_only_flag(ap)
     args = ap.parse_args(argv)
     argv_used = list(argv) if argv is not None else sys.argv[1:]
-
-    t_start = time.perf_counter()
-    cpu_start = time.process_time()
-    load_start = os.getloadavg()
-    cfg = plan(args)
-    cfgs = all_configs()
-    if cfg.get("configs"):
-        cfgs = [c for c in cfgs if c.key in cfg["configs"]]
-    os.makedirs(args.out, exist_ok=True)
-    machine = common.machine_description()
-    print(f"# {machine}\n# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}", flush=True)
-
-    rep: dict[str, Any] = {"all_results": [], "sections": [], "n_sections": [], "n_summary": []}
-    for eps in cfg["eps"]:
-        for p in cfg["problems"]:
-            print(f"\n## {p.label}, eps={eps:g} (t={_t(t_start)})", flush=True)
-            results = run_problem(p, cfgs, eps, cfg["max_steps"], cfg["repeats"])
-            table = problem_table(results)
-            print(table, flush=True)
-            rep["all_results"].append((p, eps, results))
-            rep["sections"].append(f"### {p.label}, eps={eps:g}\n\n{table}")
-
-    headers, rows = headline_rows(rep["all_results"])
-    rep["headline"] = common.markdown_table(headers, rows)
-    print("\n## Headline\n" + rep["headline"], flush=True)
-
-    rep["per_step"] = None
-    if not args.no_extras and not args.smoke:
-        print(f"\n## per-feval cost on {cfg['plot'].label} (t={_t(t_start)})", flush=True)
-        rep["per_step"] = per_step_costs(cfg["plot"], cfgs, 200, min(cfg["repeats"], 10))
-
-    for p in [] if args.no_extras else cfg["n_check"]:
-        eps = cfg["eps"][-1]
-        print(f"\n## status check {p.label}, tol=eps={eps:g} (t={_t(t_start)})", flush=True)
-        md, summary = status_check(p, cfgs, eps, cfg["max_steps"])
-        rep["n_sections"].append(
-            f"### {p.label}, tol = eps = {eps:g}, budget {cfg['max_steps']}\n\n{md}"
-        )
-        rep["n_summary"].append((p, summary))
-
-    rep["grad_md"] = ""
-    if not args.no_grad:
-        print(f"\n## gradient accuracy (t={_t(t_start)})", flush=True)
-        rep["grad_md"] = gradient_section(
-            repeats=min(cfg["repeats"], 5), smoke=args.smoke, **cfg["grad"]
-        )
-        print(rep["grad_md"], flush=True)
-        print(f"\n## trained layer vs optimistix (t={_t(t_start)})", flush=True)
-        rep["trained_md"] = trained_layer.agreement_section(
-            repeats=min(cfg["repeats"], 20), smoke=args.smoke
-        )
-        print(rep["trained_md"], flush=True)
-
-    rep["res_png"] = os.path.join(args.out, "solvers_residuals.png")
-    rep["sc_png"] = os.path.join(args.out, "solvers_time_vs_fevals.png")
-    if not args.no_extras:
-        print(f"\n## plots (t={_t(t_start)})", flush=True)
-        residual_plot(cfg["plot"], cfgs, cfg["eps"][-1], cfg["plot_steps"], rep["res_png"])
-        scatter_plot(rep["all_results"], rep["sc_png"])
-    rep["elapsed"] = time.perf_counter() - t_start
-    rep["cpu"] = time.process_time() - cpu_start
-    rep["load"] = (load_start, os.getloadavg())
-
-    md = render_markdown(argv_used, machine, cfg, rep)
-    with open(os.path.join(args.out, "solvers.md"), "w") as fh:
-        fh.write(md)
-    print("\n## What this shows\n" + what_this_shows(rep), flush=True)
+    json_path = os.path.join(args.out, "solvers.json")
+    if args.report_only:
+        data = common.load_results(json_path)
+    else:
+        data = common.save_results(json_path, measure(args, argv_used))
+    write_report(data, args.out)
     print(
-        f"\nwrote {args.out}/solvers.md and plots in {rep['elapsed']:.0f}s "
-        f"({rep['cpu']:.0f}s process CPU)",
+        f"\nwrote {args.out}/solvers.md and plots (measured in {data['meta']['elapsed']:.0f}s, "
+        f"{data['meta']['cpu']:.0f}s process CPU)",
         flush=True,
     )
     return 0
@@ -972,18 +1142,21 @@ def _git_state() -> str:
     return f"{head}" + (" + uncommitted edits in jiio_jax/solvers" if dirty else "")
 
 
-def render_markdown(argv_used, machine, cfg, rep) -> str:
-    cmd = " ".join(["python experiments/benchmarks/solvers.py", *argv_used])
-    (l0, _, _), (l1, _, _) = rep["load"]
+def render_markdown(meta, rep) -> str:
+    """``solvers.md``: ``meta`` the run's saved facts, ``rep`` the tables built from the saved
+    measurements (``write_report``)."""
+    cmd = " ".join(["python experiments/benchmarks/solvers.py", *meta["argv"]])
+    l0, l1 = meta["load"]
+    cfg = {"max_steps": meta["max_steps"], "repeats": meta["repeats"]}
     parts = [
         "# Forward solver benchmark: jiio_jax vs jaxopt and optimistix",
         "",
-        f"- Command: `{cmd}` ({rep['elapsed']:.0f} s wall, {rep['cpu']:.0f} s process CPU)",
-        f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- Machine: {machine}",
-        f"- Code: jiio_jax at {_git_state()}",
-        f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}` (set by the script unless already "
-        f"set); CPU affinity {sorted(os.sched_getaffinity(0))}, not pinned. The box was shared: "
+        f"- Command: `{cmd}` ({meta['elapsed']:.0f} s wall, {meta['cpu']:.0f} s process CPU)",
+        f"- Date: {meta['date']}",
+        f"- Machine: {meta['machine']}",
+        f"- Code: jiio_jax at {meta['code']}",
+        f"- XLA_FLAGS: `{meta['xla_flags']}` (set by the script unless already "
+        f"set); CPU affinity {meta['affinity']}, not pinned. The box was shared: "
         f"1-min load average {l0:.1f} at start, {l1:.1f} at end, so absolute times are noisy; "
         "all configurations of a problem are timed interleaved, so ratios are the robust numbers.",
         f"- Budget: {cfg['max_steps']} fevals per solve; warm time = median of {cfg['repeats']} "
@@ -1023,7 +1196,7 @@ def render_markdown(argv_used, machine, cfg, rep) -> str:
     ]
     if rep["per_step"] is not None:
         parts += [
-            f"## Cost per f evaluation ({cfg['plot'].label})",
+            f"## Cost per f evaluation ({meta['plot_label']})",
             "",
             "Each per-sample configuration run for a fixed budget of 200 fevals (unreachable "
             "tol), timed interleaved with a bare `fori_loop` of 200 batched f evaluations. "
@@ -1072,7 +1245,7 @@ def render_markdown(argv_used, machine, cfg, rep) -> str:
         "## Plots",
         "",
         f"- `{os.path.basename(rep['res_png'])}`: per-sample relative residual vs fevals on "
-        f"the {cfg['plot'].label} problem, {cfg['plot_steps']} fevals with an unreachable tol "
+        f"the {meta['plot_label']} problem, {meta['plot_steps']} fevals with an unreachable tol "
         "(our `Solution.trace`; jaxopt per-sample curves from manual `init_state`/`update` "
         "stepping, which follows the same iterates as `run`). optimistix FPI (no damping) takes "
         "exactly the plain FPI iterates, so its curve is the FPI one and is not drawn "

@@ -9,19 +9,24 @@ computed by
 - optimistix ``fixed_point`` with ``ImplicitAdjoint`` (FixedPointIteration and Newton),
 
 each in float32, and compared with a float64 reference (Anderson to 1e-13, Newton polish, dense
-IFT adjoint). Timings are forward+backward under jit, interleaved, compile excluded.
+IFT adjoint). Timings are forward+backward under jit (``jiio_jax.evaluation.clock``: compile
+excluded, one warm-up, medians of interleaved runs).
 
     python experiments/benchmarks/trained_layer.py [--steps=300] [--repeats=20] [--smoke]
 
-writes ``experiments/results/trained_layer.md``; ``agreement_section`` is also called by the
-solver benchmark (``solvers.py``) for its report.
+writes the measurements to ``experiments/results/trained_layer.json`` and the report
+``trained_layer.md`` from that JSON alone (``--report_only``: the report only, no measuring).
+``measure_agreement`` / ``agreement_markdown`` are also used by the solver benchmark
+(``solvers.py``) for its report.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -165,8 +170,10 @@ def _flat(g):
     return np.concatenate([np.asarray(a, np.float64).ravel() for a in g])
 
 
-def agreement_section(steps: int = 300, repeats: int = 20, smoke: bool = False, log=print) -> str:
-    """Markdown: relative gradient errors vs float64 and fwd+bwd time of each method."""
+def measure_agreement(
+    steps: int = 300, repeats: int = 20, smoke: bool = False, log=print
+) -> dict[str, Any]:
+    """Relative gradient errors vs float64 and fwd+bwd time of each method (JSON types)."""
     if smoke:
         steps, repeats = 2, 2
     params, x, y = train(steps, log)
@@ -182,36 +189,74 @@ def agreement_section(steps: int = 300, repeats: int = 20, smoke: bool = False, 
         "optimistix Newton + ImplicitAdjoint": _optx_grad("newton"),
     }
     args = (params, jnp.asarray(x), jnp.asarray(y))
-    compiled, grads, compile_s = {}, {}, {}
+    calls, grads, compile_s = {}, {}, {}
     for name, fn in methods.items():
-        compiled[name], compile_s[name] = common.compile_fn(fn, *args)
-        grads[name] = _flat(compiled[name](*args))
-    times = common.interleaved_medians({k: (v, args) for k, v in compiled.items()}, repeats)
+        compiled, compile_s[name] = common.compile_ahead(fn, *args)
+        calls[name] = functools.partial(compiled, *args)
+        grads[name] = _flat(calls[name]())
+    times = common.interleaved_medians(calls, repeats)
     ours = grads["jiio_jax Anderson + Implicit"]
     rows = []
     for name in methods:
         g = grads[name]
         rows.append(
-            [
-                name,
-                f"{np.linalg.norm(g - ref) / np.linalg.norm(ref):.1e}",
-                f"{np.linalg.norm(g - ours) / np.linalg.norm(ours):.1e}",
-                f"{1e3 * times[name]:.1f}",
-                f"{compile_s[name]:.1f}",
-            ]
+            {
+                "method": name,
+                "rel_err_vs_float64": float(np.linalg.norm(g - ref) / np.linalg.norm(ref)),
+                "rel_diff_vs_ours": float(np.linalg.norm(g - ours) / np.linalg.norm(ours)),
+                "ms": 1e3 * times[name],
+                "compile_s": compile_s[name],
+            }
         )
-        log(f"  {name:50s} rel.err {rows[-1][1]}  vs ours {rows[-1][2]}  {rows[-1][3]} ms")
+        r = rows[-1]
+        log(
+            f"  {name:50s} rel.err {r['rel_err_vs_float64']:.1e}  vs ours "
+            f"{r['rel_diff_vs_ours']:.1e}  {r['ms']:.1f} ms"
+        )
+    return {
+        "steps": steps,
+        "repeats": repeats,
+        "spectral_radius": rho,
+        "spectral_norm": norm,
+        "batch": len(y),
+        "reference_residual": float(res),
+        "rows": rows,
+    }
+
+
+def agreement_markdown(data: dict[str, Any]) -> str:
+    """The section's markdown, from ``measure_agreement``'s saved measurements alone."""
+    rows = [
+        [
+            r["method"],
+            f"{r['rel_err_vs_float64']:.1e}",
+            f"{r['rel_diff_vs_ours']:.1e}",
+            f"{r['ms']:.1f}",
+            f"{r['compile_s']:.1f}",
+        ]
+        for r in data["rows"]
+    ]
     headers = [
         "method (float32)",
         "rel. err vs float64",
         "rel. diff vs jiio_jax",
         "fwd+bwd ms",
         "compile s",
-    ]  # noqa: E501
+    ]
     return (
-        f"**Trained tanh DEQ layer** (digits, d={D}, {steps} Adam steps; trained W has spectral "
-        f"radius {rho:.2f}, norm {norm:.2f}; test batch {len(y)}; float64 reference z* residual "
-        f"{float(res):.1e})\n\n" + common.markdown_table(headers, rows)
+        f"**Trained tanh DEQ layer** (digits, d={D}, {data['steps']} Adam steps; trained W has "
+        f"spectral radius {data['spectral_radius']:.2f}, norm {data['spectral_norm']:.2f}; test "
+        f"batch {data['batch']}; float64 reference z* residual "
+        f"{data['reference_residual']:.1e})\n\n" + common.markdown_table(headers, rows)
+    )
+
+
+def report(results: dict[str, Any]) -> str:
+    """``trained_layer.md``, from the saved measurements alone."""
+    return (
+        "# Gradient agreement on a trained DEQ layer\n\n"
+        f"`{results['command']}` on {results['machine']}.\n\n"
+        f"{agreement_markdown(results['agreement'])}\n"
     )
 
 
@@ -220,17 +265,32 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS / "trained_layer.md"))
-    args = parser.parse_args(argv)
-    section = agreement_section(args.steps, args.repeats, args.smoke)
-    text = (
-        "# Gradient agreement on a trained DEQ layer\n\n"
-        f"`python experiments/benchmarks/trained_layer.py --steps={args.steps} "
-        f"--repeats={args.repeats}` on {common.machine_description()}.\n\n{section}\n"
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the report (default experiments/results/trained_layer.md; with --smoke nothing "
+        "is written unless given); measurements: <out stem>.json",
     )
+    common.add_report_only_flag(parser)
+    args = parser.parse_args(argv)
+    out = args.out
+    if out is None and not (args.smoke and not args.report_only):
+        out = str(RESULTS / "trained_layer.md")
+    json_path = str(pathlib.Path(out).with_suffix(".json")) if out else None
+    if args.report_only:
+        results = common.load_results(json_path)
+    else:
+        results = {
+            "command": f"python experiments/benchmarks/trained_layer.py --steps={args.steps} "
+            f"--repeats={args.repeats}",
+            "machine": common.machine_description(),
+            "agreement": measure_agreement(args.steps, args.repeats, args.smoke),
+        }
+        results = common.save_results(json_path, results) if out else common.as_json(results)
+    text = report(results)
     print(text)
-    if not args.smoke:
-        pathlib.Path(args.out).write_text(text)
+    if out:
+        pathlib.Path(out).write_text(text)
 
 
 if __name__ == "__main__":
