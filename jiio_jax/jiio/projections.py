@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jiio_jax.solvers.core import check_callable_instance
+
 PyTree = Any
 
 
@@ -357,15 +359,11 @@ def as_projection(projection: Any) -> Any:
     """``None`` -> ``Unconstrained()``; a projection or any callable ``x -> x`` is returned."""
     if projection is None:
         return Unconstrained()
-    if isinstance(projection, type):
-        raise TypeError(
-            f"`projection` must be an instance such as L2Ball(radius=0.5), got the class "
-            f"{projection.__name__} itself; call it with its fields."
-        )
-    if not callable(projection):
-        raise TypeError(
-            "`projection` must be None, one of "
-            f"{[c.__name__ for c in PROJECTIONS]} (jiio_jax.jiio), or a callable x -> x; "
-            f"got {type(projection).__name__}."
-        )
-    return projection
+    return check_callable_instance(
+        projection,
+        "projection",
+        kind="a projection instance",
+        example="{cls}(...) with its fields",
+        accepted=f"None, one of {[c.__name__ for c in PROJECTIONS]} (jiio_jax.jiio), or a "
+        "callable x -> x",
+    )

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jiio_jax.solvers import _linalg, core
-from jiio_jax.solvers.core import PyTree, Solution
 
 
 class AndersonHistory(NamedTuple):
@@ -147,22 +144,10 @@ def _check_safeguard(stall_steps, max_growth):
         raise ValueError(f"`max_growth` must be > 1 (or math.inf to disable), got {max_growth!r}.")
 
 
-def anderson(
-    fn: Callable[[PyTree], PyTree],
-    z0: PyTree,
-    *,
-    max_steps: int,
-    tol: float,
-    stop_mode: str = "rel",
-    memory: int = 5,
-    mixing: float = 1.0,
-    ridge: float = 1e-6,
-    stall_steps: int = 2,
-    max_growth: float = math.inf,
-    divergence_ratio: float = 1e4,
-    unroll: bool = False,
-) -> Solution:
-    r"""Solves ``z = fn(z)`` by safeguarded Anderson acceleration (Type-II, Walker & Ni 2011).
+@core.solver_config
+class Anderson(core.SolverConfig):
+    r"""Safeguarded Anderson acceleration (Type-II, Walker & Ni 2011); ``solver(fn, z0)``
+    solves ``z = fn(z)``.
 
     With ``g_j = f(x_j) - x_j`` for the last ``n = min(k, memory)`` iterates (since the last
     restart):
@@ -195,12 +180,8 @@ def anderson(
     Per problem inside the batched loop, no host syncs; costs one ``[n]`` dot product and a few
     scalar selects per step. ``stall_steps=0, max_growth=math.inf`` disables it.
 
-    Args:
-      fn: the map, pytree -> pytree of the same structure, shapes and dtypes (one problem).
-      z0: initial pytree.
-      max_steps: maximum number of evaluations of ``fn``.
-      tol: stop when the stop-mode residual is ``<= tol``.
-      stop_mode: ``"rel"`` (``||f(z)-z|| / ||f(z)||``) or ``"abs"`` (``||f(z)-z||``).
+    Attributes:
+      max_steps, tol, stop_mode, divergence_ratio: the loop options (``core.SolverConfig``).
       memory: number of past iterates mixed (> 0).
       mixing: :math:`\beta`, the damping of the mixed step (> 0; 1 = undamped).
       ridge: relative Tikhonov regularisation of the coefficient system (>= 0).
@@ -208,38 +189,13 @@ def anderson(
         0 disables).
       max_growth: restart when a residual exceeds this multiple of the best one (> 1;
         ``math.inf`` disables).
-      divergence_ratio: end with ``Status.DIVERGED`` when ``||f(z)-z||`` exceeds this multiple
-        of its value at ``z0``.
-      unroll: iterate in a masked ``lax.scan`` (reverse-differentiable) instead of a
-        ``lax.while_loop``.
-
-    Returns:
-      A ``Solution``; ``value`` is the best iterate.
-    """
-    # Positional: the dataclass's field order.
-    return Anderson(
-        max_steps, tol, stop_mode, memory, mixing, ridge, stall_steps, max_growth, divergence_ratio
-    )(fn, z0, unroll=unroll)
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class Anderson(core.SolverConfig):
-    """Hashable configuration of ``anderson``; ``solver(fn, z0)`` solves.
-
-    A static pytree (no leaves): it can be passed to a jitted function as an argument, and
-    equal configurations hit the same compilation cache entry.
     """
 
-    max_steps: int = 50
-    tol: float = 1e-4
-    stop_mode: str = "rel"
     memory: int = 5
     mixing: float = 1.0
     ridge: float = 1e-6
     stall_steps: int = 2
     max_growth: float = math.inf
-    divergence_ratio: float = 1e4
 
     def check(self):
         core.check_positive_int("memory", self.memory)
@@ -255,3 +211,6 @@ class Anderson(core.SolverConfig):
             int(self.stall_steps),
             float(self.max_growth),
         )
+
+
+anderson = core.functional_form(Anderson, "anderson")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jiio_jax.solvers import core
-from jiio_jax.solvers.core import PyTree, Solution
 
 FULL_MEMORY_POLICIES = ("restart", "ring")
 
@@ -97,19 +94,10 @@ def _check_full_memory(full_memory):
         )
 
 
-def broyden(
-    fn: Callable[[PyTree], PyTree],
-    z0: PyTree,
-    *,
-    max_steps: int,
-    tol: float,
-    stop_mode: str = "rel",
-    memory: int = 5,
-    full_memory: str = "restart",
-    divergence_ratio: float = 1e4,
-    unroll: bool = False,
-) -> Solution:
-    r"""Solves ``z = fn(z)`` by limited-memory good Broyden on ``g(z) = fn(z) - z = 0``.
+@core.solver_config
+class Broyden(core.SolverConfig):
+    r"""Limited-memory good Broyden on ``g(z) = fn(z) - z = 0``; ``solver(fn, z0)`` solves
+    ``z = fn(z)``.
 
     The inverse Jacobian of ``g`` is modelled as :math:`H = -I + \sum_j u_j v_j^\top` (``-I``
     is exact for ``fn`` constant, and makes the first step a plain fixed-point step). Unit steps,
@@ -129,41 +117,14 @@ def broyden(
     ``"ring"`` overwrites the oldest factor pair (torchdeq's choice), which keeps more
     curvature but mixes terms from different chains.
 
-    Args:
-      fn: the map, pytree -> pytree of the same structure, shapes and dtypes (one problem).
-      z0: initial pytree.
-      max_steps: maximum number of evaluations of ``fn``.
-      tol: stop when the stop-mode residual is ``<= tol``.
-      stop_mode: ``"rel"`` or ``"abs"``.
+    Attributes:
+      max_steps, tol, stop_mode, divergence_ratio: the loop options (``core.SolverConfig``).
       memory: number of rank-one updates kept (> 0).
       full_memory: ``"restart"`` or ``"ring"``, see above.
-      divergence_ratio: end with ``Status.DIVERGED`` when ``||f(z)-z||`` exceeds this multiple
-        of its value at ``z0``.
-      unroll: iterate in a masked ``lax.scan`` (reverse-differentiable).
-
-    Returns:
-      A ``Solution``; ``value`` is the best iterate.
-    """
-    # Positional: the dataclass's field order.
-    return Broyden(max_steps, tol, stop_mode, memory, full_memory, divergence_ratio)(
-        fn, z0, unroll=unroll
-    )
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class Broyden(core.SolverConfig):
-    """Hashable configuration of ``broyden``; ``solver(fn, z0)`` solves.
-
-    A static pytree (no leaves), so it can be passed to a jitted function as an argument.
     """
 
-    max_steps: int = 50
-    tol: float = 1e-4
-    stop_mode: str = "rel"
     memory: int = 5
     full_memory: str = "restart"
-    divergence_ratio: float = 1e4
 
     def check(self):
         core.check_positive_int("memory", self.memory)
@@ -171,3 +132,6 @@ class Broyden(core.SolverConfig):
 
     def algorithm(self):
         return BroydenCore(int(self.memory), self.full_memory)
+
+
+broyden = core.functional_form(Broyden, "broyden")

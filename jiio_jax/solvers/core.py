@@ -31,8 +31,10 @@ exactly 0.0 at a rounding coincidence) that the dtype cannot resolve.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -48,9 +50,11 @@ __all__ = [
     "Algorithm",
     "PyTree",
     "Solution",
+    "SolverConfig",
     "Status",
     "accumulation_dtype",
     "as_state",
+    "check_callable_instance",
     "check_common",
     "check_fn_output",
     "check_nonnegative_float",
@@ -60,8 +64,10 @@ __all__ = [
     "check_positive_int",
     "check_solver",
     "check_stop_mode",
+    "functional_form",
     "resolution",
     "run",
+    "solver_config",
 ]
 
 STOP_MODES = ("abs", "rel")
@@ -229,16 +235,36 @@ def check_solver(obj: Any, name: str = "solver") -> Any:
       TypeError: for a class (``solvers.Anderson`` instead of ``solvers.Anderson()``), naming
         the fix, or for a non-callable.
     """
+    return check_callable_instance(
+        obj,
+        name,
+        kind="a solver instance",
+        example="{cls}() or {cls}(max_steps=50, tol=1e-4)",
+        accepted="a solver instance such as Anderson() (callable as solver(fn, z0))",
+    )
+
+
+def check_callable_instance(obj: Any, name: str, *, kind: str, example: str, accepted: str) -> Any:
+    """Returns ``obj`` if it is callable and not a class (a configuration used as a function).
+
+    Args:
+      obj: the value of argument ``name``.
+      name: the argument (or config field) named in the errors.
+      kind: what a class is not, e.g. ``"a solver instance"``.
+      example: the instance to suggest for a class, ``{cls}`` standing for its name.
+      accepted: what a non-callable is not, e.g. ``"a solver instance such as Anderson()"``.
+
+    Raises:
+      TypeError: for a class (``L2Ball`` instead of ``L2Ball(radius=0.5)``), naming the fix, or
+        for a non-callable.
+    """
     if isinstance(obj, type):
         raise TypeError(
-            f"`{name}` must be a solver instance, got the class {obj.__name__} itself; pass an "
-            f"instance, e.g. {obj.__name__}() or {obj.__name__}(max_steps=50, tol=1e-4)."
+            f"`{name}` must be {kind}, got the class {obj.__name__} itself; pass an instance, "
+            f"e.g. {example.format(cls=obj.__name__)}."
         )
     if not callable(obj):
-        raise TypeError(
-            f"`{name}` must be a solver instance such as Anderson() (callable as "
-            f"solver(fn, z0)), got {type(obj).__name__}: {obj!r}."
-        )
+        raise TypeError(f"`{name}` must be {accepted}, got {type(obj).__name__}: {obj!r}.")
     return obj
 
 
@@ -442,11 +468,27 @@ def run(
     return _batchable_solve(algo, fn_explicit, opts)(z0, consts)
 
 
+@dataclasses.dataclass(frozen=True)
 class SolverConfig:
-    """Mixin of the frozen solver configurations (``FixedPointIteration``, ``Anderson``,
-    ``Broyden``): validates the loop options and solves with ``run``. A subclass is a frozen
-    dataclass with fields ``max_steps``, ``tol``, ``stop_mode``, ``divergence_ratio`` and its
-    own, validates the latter in ``check`` and builds its core in ``algorithm``."""
+    """Base of the frozen solver configurations (``FixedPointIteration``, ``Anderson``,
+    ``Broyden``): the loop options every solver shares, validated here and passed to ``run``.
+
+    A subclass is declared with ``@solver_config``, adds its algorithm's fields (validated in
+    ``check``; it may redeclare a default here, e.g. ``max_steps``) and builds its core in
+    ``algorithm``. ``solver(fn, z0)`` solves.
+
+    Attributes:
+      max_steps: maximum number of evaluations of ``fn`` (> 0).
+      tol: stop when the stop-mode residual is ``<= tol`` (> 0).
+      stop_mode: ``"rel"`` for ``||f(z)-z|| / ||f(z)||`` or ``"abs"`` for ``||f(z)-z||``.
+      divergence_ratio: end with ``Status.DIVERGED`` once ``||f(z)-z||`` exceeds this multiple
+        of its value at ``z0`` (> 1).
+    """
+
+    max_steps: int = 50
+    tol: float = 1e-4
+    stop_mode: str = "rel"
+    divergence_ratio: float = 1e4
 
     def __post_init__(self):
         check_common(self.max_steps, self.tol, self.stop_mode, self.divergence_ratio)
@@ -459,6 +501,7 @@ class SolverConfig:
         raise NotImplementedError
 
     def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
+        """Solves ``z = fn(z)`` from ``z0`` (``unroll``: see ``run``); returns a ``Solution``."""
         return run(
             self.algorithm(),
             fn,
@@ -469,6 +512,54 @@ class SolverConfig:
             divergence_ratio=self.divergence_ratio,
             unroll=unroll,
         )
+
+
+def solver_config(cls: type) -> type:
+    """Declares a ``SolverConfig`` subclass: a frozen dataclass and a static pytree (no leaves),
+    so a configuration is hashable and can be passed to a jitted function as an argument."""
+    return jax.tree_util.register_static(dataclasses.dataclass(frozen=True)(cls))
+
+
+def functional_form(config: type, name: str) -> Callable[..., Solution]:
+    """The function ``name(fn, z0, *, max_steps, tol, <fields>, unroll=False)`` that solves with
+    ``config(max_steps=max_steps, tol=tol, **fields)``.
+
+    The parameters and their defaults are the configuration's fields (its docstring documents
+    them), so they are declared once; ``max_steps`` and ``tol`` have no default here: a direct
+    call states its budget.
+    """
+
+    fields = [f.name for f in dataclasses.fields(config)]
+
+    def solve(fn, z0, *, max_steps, tol, unroll=False, **options) -> Solution:
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise TypeError(
+                f"{name}() got unknown option(s) {unknown}; the fields of {config.__name__} "
+                f"are {fields} (and `unroll`)."
+            )
+        return config(max_steps=max_steps, tol=tol, **options)(fn, z0, unroll=unroll)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in ("fn", "z0")]
+    for field in dataclasses.fields(config):
+        required = field.name in ("max_steps", "tol")
+        default = inspect.Parameter.empty if required else field.default
+        params.append(inspect.Parameter(field.name, keyword, default=default))
+    params.append(inspect.Parameter("unroll", keyword, default=False))
+    solve.__signature__ = inspect.Signature(params, return_annotation=Solution)
+    solve.__name__ = solve.__qualname__ = name
+    solve.__module__ = config.__module__
+    solve.__doc__ = (
+        f"Solves ``z = fn(z)`` from ``z0`` with ``{config.__name__}(max_steps=max_steps, "
+        f"tol=tol, **fields)(fn, z0, unroll=unroll)``.\n\n"
+        f"``fn`` maps a pytree to one of the same structure, shapes and dtypes (one problem; "
+        f"``jax.vmap`` the call for batches); the fields and the algorithm are documented on "
+        f"``{config.__name__}``; ``unroll`` iterates in a masked ``lax.scan`` "
+        f"(reverse-differentiable, always ``max_steps``) instead of a ``lax.while_loop``. "
+        f"Returns a ``Solution`` whose ``value`` is the best iterate."
+    )
+    return solve
 
 
 def _explicit_closure(fn: Callable, z0: PyTree):
