@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 from typing import Any, NamedTuple
 
@@ -56,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 from jiio_jax.data.images import natural_key, preprocess_array
-from jiio_jax.data.pipeline import batched_iterator, check_processes, shard
+from jiio_jax.data.pipeline import batched_iterator, check_processes, make_iterator, shard
 
 EPISODE_SOURCES = ("digits", "omniglot")
 OMNIGLOT_FOLDERS = ("images_background", "images_evaluation")
@@ -64,6 +65,13 @@ OMNIGLOT_FOLDERS = ("images_background", "images_evaluation")
 # still a grain MapDataset whose iterator state is a single position.
 NUM_TRAIN_EPISODES = 2**40
 _SPLIT_CODES = {"train": 0, "test": 1}
+# ``make_episode_iterator`` takes ``make_iterator``'s arguments (one declaration of the
+# interface the training loop calls) and implements these of them.
+_ITERATOR_SIGNATURE = inspect.signature(make_iterator)
+_ITERATOR_ARGUMENTS = (
+    *("data_config", "split", "batch_size", "seed", "shuffle", "repeat", "drop_remainder"),
+    *("process_index", "process_count"),
+)
 _OMNIGLOT_HELP = (
     "Download images_background.zip and images_evaluation.zip from "
     "https://github.com/brendenlake/omniglot (python/), unzip both into one folder and set "
@@ -395,19 +403,11 @@ def episode_info(data_config: Any) -> EpisodeInfo:
 
 
 def make_episode_iterator(
-    data_config: Any,
-    split: str,
-    batch_size: int,
-    *,
-    seed: int,
-    shuffle: bool = True,
-    repeat: bool = True,
-    drop_remainder: bool = True,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    data_config: Any, split: str, batch_size: int, **kwargs: Any
 ) -> grain.DatasetIterator:
-    """Batches of episodes of one split for this process (same signature as
-    ``jiio_jax.data.make_iterator``, so the training loop can use either).
+    """Batches of episodes of one split for this process, behind ``jiio_jax.data.make_iterator``'s
+    interface: the arguments are bound to its signature (same names, same defaults, the same
+    ``TypeError`` for a missing or unknown one), so the training loop can use either.
 
     Train: episodes ``0, 1, 2, ...`` of an endless stream, process ``p`` taking every
     ``process_count``-th. Test: the fixed ``num_test_episodes`` episodes, cut to a multiple of
@@ -418,18 +418,24 @@ def make_episode_iterator(
       data_config: ``config.data`` (fields in ``read_episode_config``).
       split: "train" or "test".
       batch_size: episodes per batch on this process.
-      seed: seeds the episode stream (the class split uses ``config.data.seed``).
-      shuffle: accepted for interface compatibility; ignored.
-      repeat: cycle the test episodes (train episodes never end).
-      drop_remainder: drop a last partial batch (and test episodes beyond equal shards).
-      process_index: this process; defaults to ``jax.process_index()``.
-      process_count: number of processes; defaults to ``jax.process_count()``.
+      **kwargs: ``make_iterator``'s keyword options: ``seed`` (required) seeds the episode
+        stream (the class split uses ``config.data.seed``); ``shuffle`` is ignored; ``repeat``
+        cycles the test episodes (train episodes never end); ``drop_remainder`` drops a last
+        partial batch (and test episodes beyond equal shards); ``process_index`` /
+        ``process_count`` default to JAX's.
 
     Returns:
       A checkpointable grain iterator of episode batches (module docstring); with
       ``config.data.num_workers > 0`` call ``close()`` when done.
     """
-    del shuffle
+    bound = _ITERATOR_SIGNATURE.bind(data_config, split, batch_size, **kwargs)
+    bound.apply_defaults()
+    o = bound.arguments
+    unknown = set(o) - set(_ITERATOR_ARGUMENTS)
+    if unknown:  # make_iterator grew an option this iterator does not implement yet
+        raise NotImplementedError(f"episode iterators do not implement {sorted(unknown)}.")
+    seed, repeat, drop_remainder = o["seed"], o["repeat"], o["drop_remainder"]
+    process_index, process_count = o["process_index"], o["process_count"]
     options = read_episode_config(data_config)
     if split not in _SPLIT_CODES:
         raise ValueError(f"episode splits are {tuple(_SPLIT_CODES)}, got split={split!r}.")
@@ -457,3 +463,6 @@ def make_episode_iterator(
         drop_remainder=drop_remainder,
         num_workers=options.num_workers,
     )
+
+
+make_episode_iterator.__signature__ = _ITERATOR_SIGNATURE

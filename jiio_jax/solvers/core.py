@@ -502,16 +502,8 @@ class SolverConfig:
 
     def __call__(self, fn: Callable[[PyTree], PyTree], z0: PyTree, *, unroll: bool = False):
         """Solves ``z = fn(z)`` from ``z0`` (``unroll``: see ``run``); returns a ``Solution``."""
-        return run(
-            self.algorithm(),
-            fn,
-            z0,
-            max_steps=self.max_steps,
-            tol=self.tol,
-            stop_mode=self.stop_mode,
-            divergence_ratio=self.divergence_ratio,
-            unroll=unroll,
-        )
+        options = {name: getattr(self, name) for name in _Options._fields}  # the loop options
+        return run(self.algorithm(), fn, z0, unroll=unroll, **options)
 
 
 def solver_config(cls: type) -> type:
