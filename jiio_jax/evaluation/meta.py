@@ -25,7 +25,6 @@ after an untimed compile.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from jiio_jax.configs.meta import check_methods
+from jiio_jax.evaluation.clock import timed_call
 from jiio_jax.evaluation.robustness import check_task
 from jiio_jax.losses import accuracy
 from jiio_jax.tasks.meta import MetaTask, cross_entropy
@@ -140,9 +140,8 @@ def meta_test(
         seconds, per_episode = [], []
         for batch in batches:
             s_img, s_lab, q_img, q_lab = task.split_batch(batch)
-            start = time.perf_counter()
-            inner = jax.block_until_ready(adapt(params, s_img, s_lab))
-            seconds.append(time.perf_counter() - start)
+            inner, call_seconds = timed_call(functools.partial(adapt, params, s_img, s_lab))
+            seconds.append(call_seconds)
             acc, loss = score(params, inner.context, q_img, q_lab)
             per_episode.append(
                 np.stack(

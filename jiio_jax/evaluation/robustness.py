@@ -34,8 +34,8 @@ per batch), ``compile_seconds`` and, for JIIO, ``mean_steps`` (augmented-map eva
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import time
 from typing import Any
 
 import jax
@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from jiio_jax.configs import adversarial as adv_config
+from jiio_jax.evaluation.clock import compile_ahead, timed_call
 from jiio_jax.losses import accuracy, cross_entropy
 from jiio_jax.tasks.attacks import pgd_attack, threat_sets
 
@@ -201,15 +202,14 @@ class AttackFns:
     def compiled_attack(self, name: str, steps: int, params, images, labels, key):
         """``(fn, compile_seconds)``: the attack compiled ahead of time for these shapes;
         ``fn(params, images, labels, key) -> (delta, num_steps [B] or None)``."""
-        start = time.perf_counter()
         if name == "pgd":
             k = jnp.asarray(steps, jnp.int32)
-            compiled = self.pgd.lower(params, images, labels, key, k).compile()
+            compiled, seconds = compile_ahead(self.pgd, params, images, labels, key, k)
             fn = lambda p, x, y, key_: (compiled(p, x, y, key_, k)[0], None)  # noqa: E731
         else:
-            compiled = self.jiio(steps).lower(params, images, labels).compile()
+            compiled, seconds = compile_ahead(self.jiio(steps), params, images, labels)
             fn = lambda p, x, y, key_: compiled(p, x, y)  # noqa: E731
-        return fn, time.perf_counter() - start
+        return fn, seconds
 
 
 _FNS_CACHE: dict[str, AttackFns] = {}
@@ -318,9 +318,8 @@ def attack(config: ml_collections.ConfigDict, params: Any, options: Any) -> dict
             fn, compile_seconds = fns.compiled_attack(name, k, params, *batches[0][:2], keys[0])
             deltas, seconds, n_steps = [], 0.0, []
             for (x, y, valid), k_b in zip(batches, keys, strict=True):
-                start = time.perf_counter()
-                delta, num = jax.block_until_ready(fn(params, x, y, k_b))
-                seconds += time.perf_counter() - start
+                (delta, num), call_seconds = timed_call(functools.partial(fn, params, x, y, k_b))
+                seconds += call_seconds
                 deltas.append(delta)
                 if num is not None:
                     n_steps.append(np.asarray(num)[valid])
