@@ -1,4 +1,5 @@
-r"""Generative modelling and inverse problems with an MDEQ decoder (JIIO or the VAE baseline).
+r"""Generative modelling and inverse problems with an MDEQ decoder (JIIO) and the paper's
+Table 1 baselines (VAE, RAE; MDEQ or conv decoder).
 
 ``config.task = "generative"``; ``config.model`` is described in
 ``jiio_jax.configs.generative.default_model_config``. Paper §4.1-4.2 and §4.5 of
@@ -40,6 +41,24 @@ to ``(mu, log sigma)``, ``x = mu + sigma * eps``, the same MDEQ decoder solves i
 
 Evaluation decodes the posterior mean. The reference's unrolled-layer pretraining of the VAE
 decoder (``PRETRAIN_STEPS``) is not reproduced.
+
+**RAE** (``model.method = "rae"``; Ghosh et al. 2020, "From variational to deterministic
+autoencoders"): the same encoder, deterministic (its mean is the latent ``z``, no noise), and
+
+.. math:: L = \operatorname{mean}(\hat x - x^{\rm clean})^2
+          + \frac{\beta\, \operatorname{mean}_b \tfrac12\|z_b\|^2
+          + \lambda R(\theta_{\rm dec})}{C H W},
+
+with ``R = ||theta_dec||^2`` (RAE-L2) or the decoder's squared Jacobian norm (RAE-GP)
+(``model.rae``). Its samples come from a density fitted to the latents afterwards.
+
+**Decoders** (``model.decoder``): the MDEQ generator, or a conventional conv decoder
+(``jiio_jax.models.conv_decoder``; VAE and RAE only), the paper's "VAE" and "RAE" rows.
+
+**Refinement** (``model.refine_with_jiio``, evaluation only): a VAE / RAE with the MDEQ decoder
+reconstructs by running JIIO on the inner problem above from the encoder's latent instead of
+decoding it (the paper's "MDEQ-VAE (w/ JIIO)"), with JIIO's start guard, so the returned
+latent never costs more than the encoder's.
 
 **Samples** (``images``). The paper fits a density model to the JIIO latents of the training set
 (a VAE + GMM, §5.3) and decodes its draws. In the training loop we fit a Gaussian (mean and full
@@ -138,7 +157,7 @@ class GenerativeTask(Task):
             self.conv_decoder = ConvDecoder(widths, self.arch.image_shape, groups)
         if self.method == "jiio" or self.refine_with_jiio:
             self.jiio = cc.splat(
-                "model.jiio", jiio.JIIO, m.jiio, backward=backward, on_failure=cc.ON_FAILURE
+                "model.jiio", jiio.JIIO, m.jiio, backward=backward, **cc.failure_policy(m)
             )
         self._init_amortize(m, backward)
         if self.refine_with_jiio:
@@ -454,6 +473,7 @@ class GenerativeTask(Task):
         self.amortize = cc.check_bool("amortize", m.amortize)
         self.amortize_state = cc.check_bool("amortize_state", m.amortize_state)
         self.amortize_max_age = cc.check_int("amortize_max_age", m.amortize_max_age, 0)
+        self.amortize_cold = cc.check_choice("amortize_cold", m.amortize_cold, gc.AMORTIZE_COLD)
         if not self.amortize:
             return
         if self.method != "jiio":
@@ -468,7 +488,7 @@ class GenerativeTask(Task):
             **{k: v for k, v in m.amortize_jiio.items() if v is not None},
         }
         self.warm_jiio = cc.splat(
-            "model.amortize_jiio", jiio.JIIO, section, backward=backward, on_failure=cc.ON_FAILURE
+            "model.amortize_jiio", jiio.JIIO, section, backward=backward, **cc.failure_policy(m)
         )
 
     def example_cache(self, num_examples: int) -> PyTree | None:
@@ -498,39 +518,52 @@ class GenerativeTask(Task):
     ) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
         """:meth:`loss` of amortized training (``model.amortize``).
 
-        The batch is *warm* when every example was solved before and (with
-        ``amortize_max_age > 0``) fewer than ``amortize_max_age`` warm solves ago was cold:
-        JIIO then runs ``amortize_jiio`` from the cached ``(z, x, mu)``. Otherwise the whole
-        batch is solved cold (zero start, ``model.jiio``), which also refreshes every entry.
-        One ``lax.cond`` per batch: only the chosen solve runs. The metric ``warm`` is 1 for a
-        warm batch. The loss, its gradient and the entries otherwise follow :meth:`loss`.
+        An example is *fresh* when it was never solved or (``amortize_max_age > 0``) its
+        last cold solve is ``amortize_max_age`` warm solves old; the others start JIIO from
+        their cached ``(z, x, mu)`` with the budget ``amortize_jiio``.
+        ``amortize_cold="full"``: a batch holding a fresh example is solved cold, all of it
+        (zero start, ``model.jiio``; one ``lax.cond`` per batch, so only the chosen solve runs,
+        but both are compiled). ``"warm"``: fresh examples start from zero with the warm
+        budget, batch-mates from their cache (one compiled solve). The metric ``warm`` is the
+        fraction of examples started from the cache. The loss, its gradient and the entries
+        otherwise follow :meth:`loss`.
         """
         del step
         clean = batch["image"]
         k_obs, k_model = jax.random.split(rng)
         obs = self._observe(k_obs, clean)
         age = entries["age"]
-        warm = jnp.all(age >= 0)
+        fresh = age < 0
         if self.amortize_max_age:
-            warm = warm & jnp.all(age < self.amortize_max_age)
+            fresh = fresh | (age >= self.amortize_max_age)
+        start = {k: v for k, v in entries.items() if k != "age"}
 
-        def solve(start: bool):
+        def solve(solver, start):
             def branch(params):
                 kwargs = {}
-                if start:
-                    kwargs = dict(x0=entries["x"], solver=self.warm_jiio)
+                if start is not None:
+                    kwargs["x0"] = start["x"]
                     if self.amortize_state:
-                        kwargs.update(z0=entries["z"], mu0=entries["mu"])
-                out, sol, jac = self._solve_jiio(params, obs, k_model, train=True, **kwargs)
+                        kwargs.update(z0=start["z"], mu0=start["mu"])
+                out, sol, jac = self._solve_jiio(
+                    params, obs, k_model, train=True, solver=solver, **kwargs
+                )
                 # Only what has the same shapes in both branches (not the [T] traces).
                 return out, jac, _jiio_stats(sol), (sol.x, sol.z, sol.mu)
 
             return branch
 
-        out, jac, stats, (x, z, mu) = jax.lax.cond(warm, solve(True), solve(False), params)
+        if self.amortize_cold == "full":
+            fresh = jnp.broadcast_to(jnp.any(fresh), fresh.shape)
+            warm, cold = solve(self.warm_jiio, start), solve(self.jiio, None)
+            result = jax.lax.cond(fresh[0], cold, warm, params)
+        else:
+            keep = jax.tree.map(lambda a: _rows_where(~fresh, a), start)
+            result = solve(self.warm_jiio, keep)(params)
+        out, jac, stats, (x, z, mu) = result
         loss, metrics = self._jiio_loss(clean, out, jac, stats)
-        metrics["warm"] = warm.astype(F32)
-        new = {"x": x, "age": jnp.where(warm, age + 1, 0)}
+        metrics["warm"] = _mean(~fresh)
+        new = {"x": x, "age": jnp.where(fresh, 0, age + 1)}
         if self.amortize_state:
             new.update(z=z, mu=mu)
         return loss, (metrics, jax.lax.stop_gradient(new))
@@ -626,6 +659,11 @@ def _jiio_stats(sol: JIIOSolution) -> dict[str, jax.Array]:
         "adjoint_residual": sol.mu_residual,
         "stationarity": sol.x_residual,
     }
+
+
+def _rows_where(keep: jax.Array, a: jax.Array) -> jax.Array:
+    """``a`` ``[B, ...]`` with the rows where ``keep`` ``[B]`` is False set to zero."""
+    return jnp.where(keep.reshape(-1, *([1] * (a.ndim - 1))), a, jnp.zeros_like(a))
 
 
 def task_from_model_config(
