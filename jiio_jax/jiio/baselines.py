@@ -391,9 +391,9 @@ def projected_adam(
     *args: PyTree,
     num_steps: int = 20,
     learning_rate: float = 0.1,
+    projection: Any = None,
     forward_solver: Callable = Broyden(max_steps=20, tol=1e-5),
     adjoint: Implicit = Implicit(Broyden(max_steps=20, tol=1e-5)),
-    projection: Any = None,
     warm_start: bool = True,
 ) -> InnerLoopSolution:
     r"""Adam + projection with explicit forward and adjoint solves (reference §1.10).
@@ -413,9 +413,9 @@ def projected_adam(
       f, cost, z0, x0, *args: as in ``jiio_jax.jiio.solve``.
       num_steps: number of Adam steps.
       learning_rate: Adam step size.
+      projection: projection after every step.
       forward_solver: solver of the forward ``z``.
       adjoint: ``Implicit`` whose solver computes ``mu``.
-      projection: projection after every step.
       warm_start: ``True`` (the reference): ``z`` and ``mu`` start at the previous step's
         (``mu`` at zeros at step 0); ``False``: at ``z0`` and ``adjoint.init`` every step.
 
