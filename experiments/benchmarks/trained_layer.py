@@ -282,7 +282,7 @@ def main(argv=None):
     else:
         results = {
             "command": f"python experiments/benchmarks/trained_layer.py --steps={args.steps} "
-            f"--repeats={args.repeats}",
+            f"--repeats={args.repeats}" + (" --smoke" if args.smoke else ""),
             "machine": common.machine_description(),
             "agreement": measure_agreement(args.steps, args.repeats, args.smoke),
         }
