@@ -22,9 +22,10 @@ Two forms of the inner solves (``warm_start``):
   ``mu_{k-1} + (grad_z C_k - grad_z C_{k-1})`` (the previous adjoint plus the first Neumann
   term of the change of its right-hand side; the cotangent at step 0), both explicit
   (``jiio_jax.deq.Implicit.adjoint``), so ``backward`` must be ``Implicit``. ``projected_adam``
-  keeps the reference's ``mu_{k-1}`` (zeros at step 0). On a dense tanh decoder (256-d,
-  Adam-40, Anderson at 1e-4) the correction saved 12% of the adjoint evaluations over
-  ``mu_{k-1}``; the warm form as a whole 31% of the forward and 21% of the adjoint ones.
+  keeps the reference's ``mu_{k-1}`` (zeros at step 0). On a random dense tanh decoder (256-d
+  state, 16-d latent, ``||W||_2 = 0.9``, Adam-40 at lr 0.1, Anderson at 1e-4) the correction
+  saved 12% of the adjoint evaluations over ``mu_{k-1}``; the warm form as a whole 31% of the
+  forward and 21% of the adjoint evaluations of the cold one, at the same final cost.
 
 All run their steps in ``lax.scan`` (jit/vmap-safe, one problem per call). Their ``x`` is a
 constant for differentiation; the returned ``z`` is ``z*(x)`` from a final forward solve,
@@ -195,10 +196,11 @@ def _explicit_gradient(
     return gradient
 
 
-def _gradient(setup: _Setup, forward_solver, backward, warm_start: bool, explicit: bool):
-    """``gradient(x, inner) -> (cost, grad_x, inner)`` of the reduced cost at ``x``."""
-    if explicit:
-        return _explicit_gradient(setup, forward_solver, backward, warm_start)
+def _gradient(setup: _Setup, forward_solver, backward, warm_start: bool):
+    """``gradient(x, inner) -> (cost, grad_x, inner)`` of the reduced cost at ``x``: the warm
+    form solves explicitly, the cold one is ``jax.grad`` (``inner_adam``, ``pgd``)."""
+    if warm_start:
+        return _explicit_gradient(setup, forward_solver, backward, warm_start=True)
     return _grad_gradient(setup, forward_solver, backward)
 
 
@@ -275,7 +277,7 @@ def inner_adam(
     check_positive_float("learning_rate", learning_rate)
     _check_backward(backward, warm_start)
     setup = _prepare(f, cost, z0, x0, args, projection, forward_solver, warm_start)
-    gradient = _gradient(setup, forward_solver, backward, warm_start, explicit=warm_start)
+    gradient = _gradient(setup, forward_solver, backward, warm_start)
     x, inner, trace = _adam(setup, gradient, num_steps, learning_rate)
     return _finish(setup, x, inner, forward_solver, backward, trace, explicit=warm_start)
 
@@ -358,7 +360,7 @@ def pgd(
         raise TypeError(f"`final_solve` must be a bool, got {final_solve!r}.")
     _check_backward(backward, warm_start)
     setup = _prepare(f, cost, z0, x0, args, projection, forward_solver, warm_start)
-    gradient = _gradient(setup, forward_solver, backward, warm_start, explicit=warm_start)
+    gradient = _gradient(setup, forward_solver, backward, warm_start)
     proj = setup.proj
 
     def step(carry, k):
