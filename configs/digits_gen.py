@@ -16,6 +16,9 @@ Launch::
   # VAE baseline (conv encoder, same MDEQ decoder):
   python experiments/train.py --config=configs/digits_gen.py --workdir=/tmp/digits_vae \
       --config.model.method=vae
+  # Table 1's baselines: --config.model.decoder=conv (conv VAE), --config.model.method=rae
+  # --config.model.decoder=conv (RAE); an MDEQ-VAE's latents refined by JIIO at test time:
+  # experiments/evaluate.py ... --config.model.refine_with_jiio=True --task=psnr
   # Inverse problems: --config.model.corruption=inpaint (3x3 hole) or =denoise
   # Smoke run (tiny MDEQ, 4 steps): --config=configs/digits_gen.py:small
 

@@ -4,6 +4,9 @@ r"""Evaluates a trained run: a thin command line over ``jiio_jax.evaluation``.
 
   python experiments/evaluate.py --workdir=/tmp/digits_gen --task=psnr
       # also: timing | samples | fid (generative runs)
+  python experiments/evaluate.py --config=configs/digits_gen.py --config.model.method=vae \
+      --config.model.refine_with_jiio=True --workdir=/tmp/digits_vae --task=psnr
+      # a VAE's / RAE's encoder latents refined by JIIO (MDEQ decoder)
   python experiments/evaluate.py --workdir=/tmp/adv_jiio --task=attack --steps=20,100
       # PGD-k and JIIO-k robust accuracy (also: timing)
   python experiments/evaluate.py --workdir=/tmp/meta_jiio --task=meta

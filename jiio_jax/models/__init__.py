@@ -20,6 +20,7 @@ from jiio_jax.models.configs import TINY_GEN as TINY_GEN
 from jiio_jax.models.configs import TINY_META as TINY_META
 from jiio_jax.models.configs import MDEQConfig as MDEQConfig
 from jiio_jax.models.configs import get_config as get_config
+from jiio_jax.models.conv_decoder import ConvDecoder as ConvDecoder
 from jiio_jax.models.heads import ClassifierHead as ClassifierHead
 from jiio_jax.models.heads import ImageDecoder as ImageDecoder
 from jiio_jax.models.heads import MetaHead as MetaHead
