@@ -43,7 +43,8 @@ def solve(cfg, p, x0=None):
     return jiio.solve(layer, cost, jnp.zeros(NZ), x0, p, solver=cfg)
 
 
-BLOW_UP = jiio.JIIO(step_size=1e6, max_steps=30, no_worse_than_start=True)
+# From the given start (the reference's), where the reported blow-up happens.
+BLOW_UP = jiio.JIIO(step_size=1e6, max_steps=30, start="given", no_worse_than_start=True)
 
 
 def test_blow_up_returns_the_start_equilibrium(params):
@@ -67,7 +68,7 @@ def test_blow_up_returns_the_start_equilibrium(params):
 
 
 def test_guard_is_silent_when_the_rule_improves_and_is_per_sample(params):
-    cfg = jiio.JIIO(step_size=0.05, max_steps=30, no_worse_than_start=True)
+    cfg = jiio.JIIO(step_size=0.05, max_steps=30, start="given", no_worse_than_start=True)
     good = jax.jit(solve, static_argnums=0)(cfg, params)
     reference = jax.jit(solve, static_argnums=0)(
         dataclasses.replace(cfg, no_worse_than_start=False), params
@@ -99,7 +100,8 @@ def test_guard_with_tolerance_and_nonfinite_points(params):
 
 
 def test_guard_fields_validate():
-    assert jiio.JIIO(step_size=0.1).no_worse_than_start is False  # opt-in: the reference
+    default = jiio.JIIO(step_size=0.1)
+    assert default.no_worse_than_start is True and default.start == "equilibrium"
     with pytest.raises(ValueError, match="`no_worse_than_start` must be a bool"):
         jiio.JIIO(step_size=0.1, no_worse_than_start=1)
     with pytest.raises(TypeError, match="`start_solver` must be a solver instance"):
@@ -176,5 +178,50 @@ def test_safeguarded_jiio_still_reaches_the_tolerance(params):
     ],
 )
 def test_safeguard_fields_validate(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jiio.JIIO(step_size=0.1, **kwargs)
+
+
+def test_default_config_is_guarded_against_a_blow_up(params):
+    """The slip of the issue: a too-large step size with the default configuration returns a
+    point no worse than the start (here: the start itself), never the blown-up one."""
+    sol = jax.jit(solve, static_argnums=0)(jiio.JIIO(step_size=1e6, max_steps=30), params)
+    assert np.isfinite(float(sol.cost)) and float(sol.cost) <= float(sol.start_cost)
+    assert np.all(np.isfinite(np.asarray(sol.x)))
+
+
+def test_equilibrium_start_iterates_from_the_start_equilibrium(params):
+    cfg = jiio.JIIO(step_size=0.05, max_steps=10, no_worse_than_start=False)
+    sol = jax.jit(solve, static_argnums=0)(cfg, params)
+    # The first evaluated point is (z*(x0), x0): its cost is the start solve's cost.
+    np.testing.assert_allclose(float(sol.cost_trace[0]), float(sol.start_cost), rtol=1e-12)
+    given = jax.jit(solve, static_argnums=0)(dataclasses.replace(cfg, start="given"), params)
+    assert given.start_cost is None and given.start_fevals is None
+    assert float(given.cost_trace[0]) != float(sol.cost_trace[0])
+    # Both reach a stationary point (this problem has several; each start finds one).
+    tight = dict(max_steps=400, tol=1e-9)
+    for start in ("equilibrium", "given"):
+        sol = solve(dataclasses.replace(cfg, start=start, **tight), params)
+        assert bool(sol.converged) and float(sol.x_residual) <= 1e-9
+
+
+def test_rmsprop_preconditioner_reaches_a_stationary_point(params):
+    cfg = jiio.JIIO(step_size=0.02, max_steps=400, tol=1e-9, x_preconditioner="rmsprop")
+    scaled = solve(cfg, params)
+    # Convergence is judged on the raw gradient ||g_x|| (not the scaled step): a true
+    # stationary point of the reduced problem, where the total derivative vanishes.
+    assert bool(scaled.converged) and float(scaled.x_residual) <= 1e-9
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"start": "zeros"}, "`start` must be one of"),
+        ({"x_preconditioner": "adam"}, "`x_preconditioner` must be one of"),
+        ({"preconditioner_decay": 1.0}, "`preconditioner_decay` must be in"),
+        ({"failure_ratio": 0.5}, "`failure_ratio` must be >= 1"),
+    ],
+)
+def test_start_and_preconditioner_fields_validate(kwargs, match):
     with pytest.raises(ValueError, match=match):
         jiio.JIIO(step_size=0.1, **kwargs)

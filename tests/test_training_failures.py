@@ -1,6 +1,7 @@
-"""The training tasks' failure policy (``configs.common.ON_FAILURE``) reaches their MDEQ models
-and JIIO; with "nan", a failed adjoint solve makes the gradient NaN and the loop's non-finite
-check stops the run at that step (not silently training on a wrong gradient)."""
+"""The training tasks' failure policy (``config.model.on_failure`` / ``failure_ratio``, default
+"nan" / 1000) reaches their MDEQ models and JIIO; with "nan", a failed adjoint solve makes the
+gradient NaN and the loop's non-finite check stops the run at that step (not silently training
+on a wrong gradient), while the default budgets of every config train without a false alarm."""
 
 import pytest
 from helpers import load_config
@@ -9,22 +10,45 @@ from jiio_jax.configs import common as cc
 from jiio_jax.tasks import get_task
 from jiio_jax.train import train_and_evaluate
 
+TASKS = [
+    ("digits_gen", lambda t: t.jiio),
+    ("digits_meta", lambda t: t.jiio),
+    ("digits_adv", lambda t: t.settings.jiio),
+]
 
-@pytest.mark.parametrize("policy", ["ignore", "nan"])
-def test_the_policy_reaches_models_and_jiio(monkeypatch, policy):
-    monkeypatch.setattr(cc, "ON_FAILURE", policy)
-    for name, jiio_of in [
-        ("digits_gen", lambda t: t.jiio),
-        ("digits_meta", lambda t: t.jiio),
-        ("digits_adv", lambda t: t.settings.jiio),
-    ]:
+
+def test_the_default_policy_is_nan_and_reaches_models_and_jiio():
+    assert cc.FAILURE_DEFAULTS == {"on_failure": "nan", "failure_ratio": 1000.0}
+    for name, jiio_of in TASKS:
         config = load_config(name, "small")
         task = get_task(config.task)(config)
-        assert task.model.on_failure == policy and jiio_of(task).on_failure == policy
+        for obj in (task.model, jiio_of(task)):
+            assert (obj.on_failure, obj.failure_ratio) == ("nan", 1000.0)
 
 
-def test_with_nan_a_failed_adjoint_stops_training_at_its_step(monkeypatch, tmp_path):
-    monkeypatch.setattr(cc, "ON_FAILURE", "nan")
+@pytest.mark.parametrize("policy", ["ignore", "raise"])
+def test_config_fields_set_the_policy(policy):
+    for name, jiio_of in TASKS:
+        config = load_config(name, "small")
+        config.model.on_failure = policy
+        config.model.failure_ratio = 50.0
+        task = get_task(config.task)(config)
+        for obj in (task.model, jiio_of(task)):
+            assert (obj.on_failure, obj.failure_ratio) == (policy, 50.0)
+
+
+def test_bad_policy_fields_name_the_field():
+    config = load_config("digits_gen", "small")
+    config.model.on_failure = "warn"
+    with pytest.raises(ValueError, match=r"config\.model\.on_failure='warn'"):
+        get_task(config.task)(config)
+    config = load_config("digits_gen", "small")
+    config.model.failure_ratio = 0.5
+    with pytest.raises(ValueError, match=r"config\.model\.failure_ratio"):
+        get_task(config.task)(config)
+
+
+def test_with_nan_a_failed_adjoint_stops_training_at_its_step(tmp_path):
     config = load_config("digits_gen", "small")
     # An adjoint solve that cannot reach its tolerance: 1 step, tol far below float32.
     config.model.backward = {

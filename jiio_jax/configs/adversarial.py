@@ -202,6 +202,7 @@ class AdversarialSettings:
     eval_epsilon: float
     eval_pgd: PGDSettings
     eval_jiio: JIIO
+    failures: dict  # the model's and JIIO's failure policy (common.failure_policy)
 
 
 def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
@@ -213,9 +214,10 @@ def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
     norm = check_choice("norm", m.norm, NORMS)
     epsilon = check_float("epsilon", m.epsilon, positive=True)
     bwd = backward("model.backward", m.backward)
+    failures = common.failure_policy(m)
     # Relative step sizes: the task sets step_scale to the radius step at each use.
     jiio = splat(
-        "model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True, on_failure=common.ON_FAILURE
+        "model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True, **failures
     )
     pgd_settings = read_pgd(m.pgd)
 
@@ -237,6 +239,7 @@ def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
         jac_probes=check_int("jac_probes", m.jac_probes, 1),
         jac_at_trajectory=check_bool("jac_at_trajectory", m.jac_at_trajectory),
         num_image_examples=check_int("num_image_examples", m.num_image_examples, 1),
+        failures=failures,
         eval_epsilon=eval_epsilon,
         eval_pgd=eval_pgd,
         eval_jiio=eval_jiio,

@@ -87,8 +87,14 @@ class AugmentedMap(NamedTuple):
     mu_damping: float
     normalize_step: bool
     normalize_eps: float
+    precondition_decay: float | None = None  # None: plain g_x; else RMSprop scaling (below)
+    precondition_eps: float = 1e-8
 
-    def __call__(self, s: jax.Array, t: jax.Array, with_blocks: bool = True):
+    def init_scale(self, s: jax.Array) -> jax.Array:
+        """Initial running second moment of ``g_x`` (``[nx]``; ``[0]`` without scaling)."""
+        return jnp.zeros((self.layout.nx if self.precondition_decay else 0,), s.dtype)
+
+    def __call__(self, s: jax.Array, t: jax.Array, with_blocks: bool = True, v=None):
         layout = self.layout
         zf, xf, muf = layout.split(s)
         z, x = layout.unravel_z(zf), layout.unravel_x(xf)
@@ -108,6 +114,14 @@ class AugmentedMap(NamedTuple):
                 return v
             return ravel_pytree(self.projection(layout.unravel_x(v)))[0]
 
+        v_new, gx_raw = v, gxf
+        if self.precondition_decay and v is not None:
+            # RMSprop-like diagonal scaling of the x step: d = g_x / (sqrt(v_hat) + eps), with
+            # v the running mean of g_x^2 over the evaluated points (bias-corrected).
+            beta = self.precondition_decay
+            v_new = beta * v + (1 - beta) * jnp.square(gxf)
+            v_hat = v_new / (1 - beta ** (jnp.asarray(t, s.dtype) + 1))
+            gxf = gxf / (jnp.sqrt(v_hat) + self.precondition_eps)
         raw_step = proj(xf - alpha * gxf)
         if self.normalize_step:
             x_new = proj(xf - alpha * gxf / (jnp.linalg.norm(gxf) + self.normalize_eps))
@@ -120,7 +134,7 @@ class AugmentedMap(NamedTuple):
         f_norm = jnp.sqrt(sq_f).astype(s.dtype)
         blocks = None
         if with_blocks:
-            stationarity = gxf if self.projection is None else (xf - raw_step) / alpha
+            stationarity = gx_raw if self.projection is None else (xf - raw_step) / alpha
             sq_dz, sq_fz, sq_dmu, sq_gz = jnp.sum(jnp.square(jnp.stack([dz, fzf, dmu, gzf])), 1)
             blocks = jnp.stack(
                 [
@@ -129,4 +143,6 @@ class AugmentedMap(NamedTuple):
                     jnp.linalg.norm(stationarity),
                 ]
             ).astype(s.dtype)
-        return f_s, jnp.asarray(c, s.dtype), joint, f_norm, blocks
+        if v is None:
+            return f_s, jnp.asarray(c, s.dtype), joint, f_norm, blocks
+        return f_s, jnp.asarray(c, s.dtype), joint, f_norm, blocks, v_new

@@ -111,9 +111,11 @@ class _MDEQModel(abc.ABC):
     solver: Any = DEFAULT_SOLVER
     backward: Any = Implicit()
     param_dtype: Any = jnp.float32
-    # What a failed equilibrium (or adjoint) solve does: see ``jiio_jax.deq.fixed_point``. The
+    # What a failed equilibrium (or adjoint) solve does, and the MAX_STEPS residual (x the
+    # solver's tol) above which it counts as failed: see ``jiio_jax.deq.fixed_point``. The
     # training tasks use "nan", so the loop's non-finite check stops a run at the failing step.
     on_failure: str = "ignore"
+    failure_ratio: float = 100.0
 
     def __post_init__(self):
         if self.on_failure not in ON_FAILURE:
@@ -210,6 +212,7 @@ class _MDEQModel(abc.ABC):
             solver=self.solver,
             backward=self.backward,
             on_failure=self.on_failure,
+            failure_ratio=self.failure_ratio,
         )
 
     def jacobian_loss(

@@ -57,7 +57,6 @@ import ml_collections
 
 from jiio_jax import jacobian, jiio, plotting
 from jiio_jax.configs import adversarial as adv_config
-from jiio_jax.configs import common as cc
 from jiio_jax.jiio import BallBox, JIIOSolution
 from jiio_jax.losses import accuracy, cross_entropy
 from jiio_jax.models.mdeq import MDEQClassifier
@@ -88,9 +87,7 @@ class AdversarialTask(Task):
         super().__init__(config)
         s = adv_config.read_config(config)
         self.settings = s
-        self.model = MDEQClassifier(
-            s.arch, solver=s.forward, backward=s.backward, on_failure=cc.ON_FAILURE
-        )
+        self.model = MDEQClassifier(s.arch, solver=s.forward, backward=s.backward, **s.failures)
         scale = step_scale(s.norm, s.arch.image_shape)
         # epsilon is on the [0, 1] pixel scale; the images are on [-1, 1] (slope 2).
         self.radius = 2.0 * s.epsilon
