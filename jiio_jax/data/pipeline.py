@@ -10,6 +10,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 from absl import flags
 
 from jiio_jax.data.config import check_split, read_config
@@ -58,8 +59,10 @@ def make_iterator(
 
     Returns:
       A grain ``DatasetIterator`` of ``{"image": float32 [batch_size, H, W, C] in [-1, 1],
-      "label": int32 [batch_size]}``. With ``config.data.num_workers > 0`` batches are built in
-      that many worker processes; call ``iterator.close()`` when done with it.
+      "label": int32 [batch_size], "index": int32 [batch_size]}`` (``index``: each example's
+      position in ``split``, the same in every epoch and process). With
+      ``config.data.num_workers > 0`` batches are built in that many worker processes; call
+      ``iterator.close()`` when done with it.
 
     Raises:
       ValueError: bad arguments, or a shard with no examples.
@@ -71,6 +74,9 @@ def make_iterator(
         raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
 
     dataset = grain.MapDataset.source(get_source(data_config, split)).seed(seed)
+    # Before the shuffle: the example's position in its split, the key of per-example state
+    # carried across epochs (``Task.example_cache``).
+    dataset = dataset.map_with_index(_with_index)
     if shuffle:
         dataset = dataset.shuffle()
     if options.flip and split == "train":
@@ -88,6 +94,10 @@ def make_iterator(
     return batched_iterator(
         dataset, batch_size, drop_remainder=drop_remainder, num_workers=options.num_workers
     )
+
+
+def _with_index(index: int, element: dict[str, Any]) -> dict[str, Any]:
+    return {**element, "index": np.int32(index)}
 
 
 # -- the steps every iterator of this package shares (images here, episodes in ``episodes``) --

@@ -99,6 +99,30 @@ class Task(abc.ABC):
         del params, batch
         raise NotImplementedError(f"{type(self).__name__} has no inner problem.")
 
+    # -- amortized inference: a per-example cache the loop carries across epochs ----------------
+    def example_cache(self, num_examples: int) -> PyTree | None:
+        """The initial per-example cache (arrays with leading axis ``num_examples``, row ``i``
+        for the training example of index ``batch["index"] == i``), or ``None`` (the default:
+        no cache; the loop then calls :meth:`loss`). With a cache the loop shards it with the
+        data, saves it in every checkpoint and calls :meth:`cached_loss` instead."""
+        del num_examples
+        return None
+
+    def cached_loss(
+        self,
+        params: PyTree,
+        batch: dict[str, jax.Array],
+        entries: PyTree,
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
+        """:meth:`loss` given the batch's cache ``entries`` (the cache's rows at
+        ``batch["index"]``, leading axis ``B``); returns ``(loss, (metrics, new_entries))``,
+        which the loop writes back at the same rows. Only tasks whose :meth:`example_cache` is
+        not ``None`` implement it."""
+        del params, batch, entries, rng, step
+        raise NotImplementedError(f"{type(self).__name__} has no example cache.")
+
     # -- data: the training loop reads the task's data through these two -------------------------
     def dataset_info(self) -> Any:
         """Shapes and sizes of the data (the loop reads ``image_shape`` and ``num_test``);

@@ -475,6 +475,7 @@ class GenerativeTask(Task):
         self.amortize_state = cc.check_bool("amortize_state", m.amortize_state)
         self.amortize_max_age = cc.check_int("amortize_max_age", m.amortize_max_age, 0)
         self.amortize_cold = cc.check_choice("amortize_cold", m.amortize_cold, gc.AMORTIZE_COLD)
+        self.amortize_from_step = cc.check_int("amortize_from_step", m.amortize_from_step, 0)
         if not self.amortize:
             return
         if self.method != "jiio":
@@ -519,8 +520,9 @@ class GenerativeTask(Task):
     ) -> tuple[jax.Array, tuple[Metrics, PyTree]]:
         """:meth:`loss` of amortized training (``model.amortize``).
 
-        An example is *fresh* when it was never solved or (``amortize_max_age > 0``) its
-        last cold solve is ``amortize_max_age`` warm solves old; the others start JIIO from
+        An example is *fresh* when it was never solved, when ``step < amortize_from_step``, or
+        (``amortize_max_age > 0``) when its last cold solve is ``amortize_max_age`` warm solves
+        old; the others start JIIO from
         their cached ``(z, x, mu)`` with the budget ``amortize_jiio``.
         ``amortize_cold="full"``: a batch holding a fresh example is solved cold, all of it
         (zero start, ``model.jiio``; one ``lax.cond`` per batch, so only the chosen solve runs,
@@ -529,12 +531,11 @@ class GenerativeTask(Task):
         fraction of examples started from the cache. The loss, its gradient and the entries
         otherwise follow :meth:`loss`.
         """
-        del step
         clean = batch["image"]
         k_obs, k_model = jax.random.split(rng)
         obs = self._observe(k_obs, clean)
         age = entries["age"]
-        fresh = age < 0
+        fresh = (age < 0) | (step < self.amortize_from_step)
         if self.amortize_max_age:
             fresh = fresh | (age >= self.amortize_max_age)
         start = {k: v for k, v in entries.items() if k != "age"}

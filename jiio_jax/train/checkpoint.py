@@ -1,10 +1,12 @@
 """Orbax checkpointing of the train state together with the data-iterator position.
 
-Each checkpoint ``workdir/checkpoints/<step>/`` holds ``state`` (the :class:`TrainState`) and
-``data_iter`` (the grain iterator state, one file per process), so a resumed run continues with
-exactly the batch it would have seen. Orbax writes into a temporary directory and renames it
-when complete, so a process killed at any moment leaves the previous checkpoints valid; only
-finalized steps are listed by :meth:`~orbax.checkpoint.CheckpointManager.latest_step`.
+Each checkpoint ``workdir/checkpoints/<step>/`` holds ``state`` (the :class:`TrainState`),
+``data_iter`` (the grain iterator state, one file per process) and, for tasks with a
+per-example cache (``Task.example_cache``, e.g. amortized JIIO), ``cache``, so a resumed run
+continues with exactly the batch and the cache it would have seen. Orbax writes into a
+temporary directory and renames it when complete, so a process killed at any moment leaves the
+previous checkpoints valid; only finalized steps are listed by
+:meth:`~orbax.checkpoint.CheckpointManager.latest_step`.
 
 Damaged checkpoints (random bytes in an array file, an emptied data-iterator state, a step
 directory missing files) are not skipped silently: :func:`restore` and :func:`load_state` raise
@@ -132,21 +134,22 @@ def save(
     data_iter: grain.DatasetIterator,
     *,
     force: bool = False,
+    cache: Any = None,
 ) -> bool:
-    """Saves ``state`` and the iterator position at ``state.step`` (asynchronously).
+    """Saves ``state``, the iterator position and ``cache`` (unless ``None``) at
+    ``state.step`` (asynchronously).
 
     Returns:
       Whether a save was started (False when the policy skips this step and not ``force``).
     """
     step = int(jax.device_get(state.step))
-    return manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data_iter=grain.checkpoint.CheckpointSave(data_iter),
-        ),
-        force=force,
-    )
+    items = {
+        "state": ocp.args.StandardSave(state),
+        "data_iter": grain.checkpoint.CheckpointSave(data_iter),
+    }
+    if cache is not None:
+        items["cache"] = ocp.args.StandardSave(cache)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
 def restore(
@@ -191,6 +194,25 @@ def restore(
         ) from e
 
 
+def restore_cache(manager: ocp.CheckpointManager, cache: Any, step: int) -> Any:
+    """The ``cache`` item of checkpoint ``step``, in the structure and shardings of the
+    template ``cache``; a checkpoint without one (or a damaged one) raises
+    :class:`CheckpointError` like :func:`restore`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, cache)
+
+    def read(s: int) -> Any:
+        args = ocp.args.Composite(cache=ocp.args.StandardRestore(abstract))
+        return manager.restore(s, args=args).cache
+
+    _silence_closed_loop_callbacks()
+    try:
+        return read(step)
+    except Exception as e:  # noqa: BLE001 (any failure to read means a damaged checkpoint)
+        raise _unreadable(
+            str(manager.directory), step, e, _succeeds(read), manager.all_steps()
+        ) from e
+
+
 def _succeeds(fn: Callable[[int], Any]) -> Callable[[int], bool]:
     def probe(step: int) -> bool:
         try:
@@ -202,15 +224,17 @@ def _succeeds(fn: Callable[[int], Any]) -> Callable[[int], bool]:
     return probe
 
 
-def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
+def load_state(workdir: str, step: int | None = None, item: str = "state") -> dict[str, Any]:
     """Loads a saved train state as a nested dict of numpy arrays (for analysis, tests).
 
     Args:
       workdir: the run's workdir (the checkpoints are in ``workdir/checkpoints``).
       step: which checkpoint; default the latest.
+      item: ``"state"``, or ``"cache"`` for the per-example cache of a task that has one.
 
     Returns:
-      ``{"step", "params", "opt_state", "rng"}`` with host arrays.
+      ``{"step", "params", "opt_state", "rng"}`` (``item="cache"``: the cache) with host
+      arrays.
 
     Raises:
       FileNotFoundError: there is no finalized checkpoint, or none at ``step`` (the message
@@ -238,12 +262,12 @@ def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
     _silence_closed_loop_callbacks()
 
     def read(s: int) -> Any:
-        item = epath.Path(path) / str(s) / "state"
+        directory = epath.Path(path) / str(s) / item
         abstract = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=SingleDeviceSharding(device)),
-            handler.metadata(item),
+            handler.metadata(directory),
         )
-        return handler.restore(item, args=ocp.args.StandardRestore(abstract))
+        return handler.restore(directory, args=ocp.args.StandardRestore(abstract))
 
     try:
         restored = read(step)

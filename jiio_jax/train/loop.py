@@ -80,22 +80,53 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, lr_fn: optax.S
             return task.loss(params, batch, key, state.step)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        for name, value in {"loss": loss, **aux}.items():
-            if jnp.shape(value) != ():
-                raise ValueError(
-                    f"Task.loss must return a scalar loss and scalar metrics; {name!r} has "
-                    f"shape {jnp.shape(value)}."
-                )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            **aux,
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "lr": jnp.asarray(lr_fn(state.step), jnp.float32),
-        }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
+        return _apply_gradients(tx, lr_fn, state, loss, aux, grads)
+
+    return train_step
+
+
+def _apply_gradients(tx, lr_fn, state: TrainState, loss, aux, grads):
+    """The optimizer update and the step's metrics (both train steps)."""
+    for name, value in {"loss": loss, **aux}.items():
+        if jnp.shape(value) != ():
+            raise ValueError(
+                f"Task.loss must return a scalar loss and scalar metrics; {name!r} has "
+                f"shape {jnp.shape(value)}."
+            )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        **aux,
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "lr": jnp.asarray(lr_fn(state.step), jnp.float32),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def make_cached_train_step(task: Task, tx: optax.GradientTransformation, lr_fn: optax.Schedule):
+    """``train_step(state, batch, cache) -> (state, metrics, cache)`` for a task with a
+    per-example cache (``Task.example_cache``): :func:`make_train_step`'s update with
+    ``task.cached_loss`` given the cache's rows at ``batch["index"]``, which it then
+    overwrites with the returned entries (rows of other examples are untouched)."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], cache):
+        if "index" not in batch:
+            raise ValueError(
+                f"Task {type(task).__name__} keeps a per-example cache, which needs each "
+                "example's index in the batch (batch['index'], from jiio_jax.data)."
+            )
+        key, index = state.step_key(), batch["index"]
+        entries = jax.tree.map(lambda c: c[index], cache)
+
+        def loss_fn(params):
+            return task.cached_loss(params, batch, entries, key, state.step)
+
+        (loss, (aux, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        cache = jax.tree.map(lambda c, e: c.at[index].set(e.astype(c.dtype)), cache, new)
+        state, metrics = _apply_gradients(tx, lr_fn, state, loss, aux, grads)
+        return state, metrics, cache
 
     return train_step
 
@@ -350,6 +381,19 @@ def train_and_evaluate(
         out_shardings=(state_sharding, state_sharding),  # Metrics replicated: any process reads.
         donate_argnums=0,
     )
+    # A per-example cache (amortized inference), sharded with the data: rows padded to a
+    # multiple of the device count (rows past num_train are never read).
+    cache_rows = -(-info.num_train // len(devices)) * len(devices)
+    if jax.eval_shape(lambda: task.example_cache(cache_rows)) is not None:
+        train_step = jax.jit(
+            make_cached_train_step(task, tx, lr_fn),
+            in_shardings=(state_sharding, batch_sharding, batch_sharding),
+            out_shardings=(state_sharding, state_sharding, batch_sharding),
+            donate_argnums=(0, 2),
+        )
+        init_cache = jax.jit(lambda: task.example_cache(cache_rows), out_shardings=batch_sharding)
+    else:
+        init_cache = None
     eval_step = jax.jit(make_eval_step(task), out_shardings=state_sharding)
     images_fn = jax.jit(task.images, out_shardings=state_sharding)
 
@@ -375,9 +419,12 @@ def train_and_evaluate(
             state = jax.jit(init, out_shardings=state_sharding)(init_key, train_key)
             num_params = sum(x.size for x in jax.tree.leaves(state.params))
             logging.info("Task %r with %s parameters.", config.task, f"{num_params:,}")
+            cache = None if init_cache is None else init_cache()
             last_saved = manager.latest_step()
             if last_saved is not None:
                 state = ckpt_lib.restore(manager, state, train_iter, last_saved)
+                if cache is not None:
+                    cache = ckpt_lib.restore_cache(manager, cache, last_saved)
                 logging.info("Resumed from the checkpoint at step %d.", last_saved)
             initial_step = int(jax.device_get(state.step))
             if initial_step >= num_steps:
@@ -457,7 +504,7 @@ def train_and_evaluate(
                 nonlocal last_saved
                 train_metrics.fetch(last_saved)
                 progress.pause()
-                ckpt_lib.save(manager, state, train_iter, force=force)
+                ckpt_lib.save(manager, state, train_iter, force=force, cache=cache)
                 last_saved = step
                 progress.resume()
 
@@ -465,7 +512,10 @@ def train_and_evaluate(
                 for step in range(initial_step + 1, num_steps + 1):
                     t0 = time.perf_counter()
                     batch = mesh_lib.global_batch(next(train_iter), batch_sharding)
-                    state, metrics = train_step(state, batch)
+                    if cache is None:
+                        state, metrics = train_step(state, batch)
+                    else:
+                        state, metrics, cache = train_step(state, batch, cache)
                     train_metrics.add(step, metrics)
                     if step == initial_step + 1:
                         jax.block_until_ready(metrics)  # Make the compile time visible.
