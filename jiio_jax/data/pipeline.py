@@ -6,6 +6,7 @@ function of ``(seed, position)``: the iterator state is just a position, ``get_s
 ``grain.checkpoint.CheckpointSave(iterator)`` next to the train state.
 """
 
+import functools
 from typing import Any
 
 import grain
@@ -75,8 +76,9 @@ def make_iterator(
 
     dataset = grain.MapDataset.source(get_source(data_config, split)).seed(seed)
     # Before the shuffle: the example's position in its split, the key of per-example state
-    # carried across epochs (``Task.example_cache``).
-    dataset = dataset.map_with_index(_with_index)
+    # carried across epochs (``Task.example_cache``). Modulo the split's size: after
+    # ``repeat`` grain hands epoch e's element i the index e * len + i.
+    dataset = dataset.map_with_index(functools.partial(_with_index, len(dataset)))
     if shuffle:
         dataset = dataset.shuffle()
     if options.flip and split == "train":
@@ -96,8 +98,8 @@ def make_iterator(
     )
 
 
-def _with_index(index: int, element: dict[str, Any]) -> dict[str, Any]:
-    return {**element, "index": np.int32(index)}
+def _with_index(size: int, index: int, element: dict[str, Any]) -> dict[str, Any]:
+    return {**element, "index": np.int32(index % size)}
 
 
 # -- the steps every iterator of this package shares (images here, episodes in ``episodes``) --
