@@ -41,10 +41,17 @@ def test_quick_run_writes_report_and_plots(bench, tmp_path):
         assert os.path.getsize(path) > 1000
     recon, attack = results["reconstruction"], results["attack"]
     mdeq = results["mdeq_reconstruction"]
-    for rows in (recon["adam"], recon["jiio"], mdeq["adam"], mdeq["jiio"]):
-        for row in rows.values():
-            assert np.isfinite(row["cost"]) and row["time"] > 0
+    for section in (recon, mdeq):
+        for rows in (section["adam"], section["adam_warm"], section["jiio"]):
+            for row in rows.values():
+                assert np.isfinite(row["cost"]) and row["time"] > 0
+        # The warm form counts its adjoint evaluations and takes the cold form's steps.
+        assert set(section["adam_warm"]) == set(section["adam"])
+        for row in section["adam_warm"].values():
+            assert row["fevals"] > 0 and row["adjoint_evals"] > 0
     eps = attack["epsilon"]
-    for rows in (attack["pgd"], attack["jiio"]):
+    for rows in (attack["pgd"], attack["pgd_warm"], attack["jiio"]):
         for row in rows.values():
             assert row["max_norm"] <= eps * (1 + 1e-6) and 0 <= row["acc"] <= 1
+    assert "| Adam, warm start |" in text and "| PGD, warm start |" in text
+    assert "warm-start Adam-3's cost" in text and "warm-start PGD-3" in text
