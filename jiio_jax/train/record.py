@@ -176,8 +176,49 @@ def _tuples(value: Any) -> Any:
     return value
 
 
+def task_defaults(task: str) -> dict[str, Any]:
+    """The current defaults of ``task``'s config, flattened (``{}`` for an unknown task): the
+    base config and the task's default ``model`` section (``jiio_jax.configs``)."""
+    # Imported here: jiio_jax.configs builds on the library, which the loop imports.
+    from jiio_jax.configs import adversarial, common, generative, meta
+
+    models = {
+        "generative": generative.default_model_config,
+        "adversarial": adversarial.default_model_config,
+        "meta": meta.default_model_config,
+    }
+    if task not in models:
+        return {}
+    config = common.get_base_config()
+    config.model = models[task]()
+    return flatten(config_record(config))
+
+
+def _upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the fields added to the task's config since the run was trained (absent
+    in ``config.json``) set to their current defaults, and ``None`` placeholders (a library
+    default at training time) set to the task's explicit default where it now has one."""
+    filled = []
+    flat = flatten(record)
+    for key, value in task_defaults(record.get("task", "")).items():
+        missing = key not in flat and not any(k.startswith(key + ".") for k in flat)
+        if missing or (flat.get(key, 0) is None and value is not None):
+            _set(record, key, value)
+            filled.append(key)
+    if filled:
+        names = sorted(filled)
+        logging.info(
+            "config.json predates %d config field(s); using today's defaults for them (%s%s).",
+            len(names),
+            ", ".join(names[:4]),
+            ", ..." if len(names) > 4 else "",
+        )
+    return record
+
+
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config ``workdir`` was trained with, from its ``config.json``.
+    """The config ``workdir`` was trained with, from its ``config.json``; fields added to the
+    configs since then get today's defaults (logged; see :func:`_upgrade`).
 
     Raises:
       FileNotFoundError: ``workdir`` has no ``config.json`` (not a training run's workdir).
@@ -188,7 +229,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
             f"{os.path.join(workdir, CONFIG_FILE)} does not exist: --workdir must be a "
             "directory written by experiments/train.py."
         )
-    return ml_collections.ConfigDict(_tuples(record))
+    return ml_collections.ConfigDict(_tuples(_upgrade(record)))
 
 
 def _set(nested: dict[str, Any], key: str, value: Any) -> None:
@@ -212,13 +253,22 @@ def evaluation_config(
       ConfigConflictError: ``given`` differs from the record in a trained-model field such as
         ``model.method`` or an architecture field (the message names them).
     """
-    record = read_record(workdir)
-    load_run_config(workdir)  # The FileNotFoundError with its advice.
     if given is None:
         return load_run_config(workdir)
+    record = read_record(workdir)
+    if record is None:
+        load_run_config(workdir)  # The FileNotFoundError with its advice.
     diffs = differences(record, given)
-    added = {k: b for k, (a, b) in diffs.items() if a == _MISSING and b != _MISSING}
-    diffs = {k: v for k, v in diffs.items() if _MISSING not in v}
+    # Absent from the record (added since): --config's value. None in the record (a library
+    # default at training time) where --config holds the task's explicit default today: that
+    # default (e.g. JIIO's reference start, pinned when the library's default changed).
+    defaults = task_defaults(record.get("task", ""))
+    added = {
+        k: b
+        for k, (a, b) in diffs.items()
+        if b != _MISSING and (a == _MISSING or (a is None and k in defaults and defaults[k] == b))
+    }
+    diffs = {k: v for k, v in diffs.items() if _MISSING not in v and k not in added}
     training_only = {
         k for k in diffs if k in TRAINING_ONLY_FIELDS or k.startswith(TRAINING_ONLY_PREFIXES)
     }
