@@ -19,6 +19,17 @@ meta           projected Adam                mean support CE at the support equi
                                              (lower is better)
 =============  ===========================  ==================================================
 
+**Both starts of the baseline** (issue 14): every timing also measures the baseline's other
+form, same steps, step size / lr and solvers, timed in the same interleaved rounds:
+
+- generative / adversarial: ``baseline`` is the paper's cold start (every forward solve from
+  ``z = 0``, every adjoint from the cotangent); ``baseline_warm`` is ``warm_start=True``
+  (forward from the previous step's ``z``, adjoint from the previous adjoint; Adam at the cold
+  form's best lr) and ``vs_warm`` its equal-quality comparison. It needs an ``Implicit``
+  ``config.model.backward``; otherwise ``baseline_warm`` says why it was not measured.
+- meta: ``baseline`` is the reference's projected Adam, which is warm-started;
+  ``baseline_cold`` is the same solve with ``warm_start=False`` and ``vs_cold`` its comparison.
+
 JIIO runs with the trained config's settings (``config.model.jiio``; adversarial: the
 evaluation attack, ``config.eval``) at each step budget ``T`` of ``options.steps`` (its
 ``max_steps``; the step-size schedule follows ``T`` as in training). The result names the
@@ -39,7 +50,9 @@ F-evaluation counts per example: JIIO ``num_steps`` (augmented-map evaluations, 
 evaluation and one VJP); inner Adam: forward-solver cell evaluations (plus one implicit backward
 solve per step, not counted); PGD: forward-solver cell evaluations of its ``k`` solves (plus
 ``k`` implicit backward solves, not counted); projected Adam: forward solves' cell evaluations
-per support example (plus one adjoint solve per step, not counted).
+per support example (plus one adjoint solve per step, not counted). The warm forms (and meta's
+cold form, explicit adjoints) also count their adjoint evaluations
+(``adjoint_evals_per_example``, one VJP each).
 """
 
 from __future__ import annotations
@@ -116,7 +129,10 @@ def _jiio_rows(budgets, seconds, compiles, quality, fevals) -> dict[str, dict[st
 
 
 def _equal_quality(
-    baseline: dict[str, Any], budgets: dict[str, dict[str, Any]], higher_is_better: bool
+    baseline: dict[str, Any],
+    budgets: dict[str, dict[str, Any]],
+    higher_is_better: bool,
+    name: str = "the baseline",
 ) -> dict[str, Any]:
     """The smallest budget reaching the baseline's quality and the time ratio there."""
     target = baseline["quality"]
@@ -135,11 +151,41 @@ def _equal_quality(
         "equal_quality_steps": first,
         "ratio": ratio,
         "verdict": (
-            f"JIIO-{first} reaches the baseline's quality in 1/{ratio:.2f} of its time"
+            f"JIIO-{first} reaches {name}'s quality in 1/{ratio:.2f} of its time"
             if first is not None
-            else "not reached: no JIIO budget of `steps` reaches the baseline's quality"
+            else f"not reached: no JIIO budget of `steps` reaches {name}'s quality"
         ),
     }
+
+
+def _other_form(
+    form: str,
+    baseline: dict[str, Any] | str,
+    rows: dict[str, dict[str, Any]],
+    higher_is_better: bool,
+) -> dict[str, Any]:
+    """``baseline_<form>`` and ``vs_<form>`` (its equal-quality comparison) of the baseline's
+    other start (``form``: "warm" or "cold"); ``baseline`` a summary, or the reason (a str)
+    why that form was not measured."""
+    if isinstance(baseline, str):
+        return {f"baseline_{form}": {"not_measured": baseline}}
+    name = f"the {form}-start {baseline['name']}"
+    return {
+        f"baseline_{form}": baseline,
+        f"vs_{form}": _equal_quality(baseline, rows, higher_is_better, name),
+    }
+
+
+def _no_warm_start(backward: Any, what: str) -> str | None:
+    """Why the warm-start baseline cannot run with this ``backward`` (``None``: it can)."""
+    from jiio_jax.deq import Implicit
+
+    if isinstance(backward, Implicit):
+        return None
+    return (
+        f"the warm start needs an Implicit backward ({what}); this run's is {backward!r}, "
+        "an approximate backward mode with no adjoint solve to warm-start"
+    )
 
 
 def timing(config: ml_collections.ConfigDict, params: Any, options: Any) -> dict[str, Any]:
@@ -214,6 +260,20 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
 
         return batched(one)
 
+    def adam_warm(lr):
+        """The warm-start baseline (issue 14): each forward solve from the previous step's
+        ``z``, each adjoint solve from the previous adjoint; counts both."""
+
+        def one(f, cost, z0, x0, *args):
+            sol = jiio.inner_adam(
+                f, cost, z0, x0, *args,
+                num_steps=ADAM_STEPS, learning_rate=lr,
+                forward_solver=model.solver, backward=model.backward, warm_start=True,
+            )  # fmt: skip
+            return sol.x, sol.forward_steps, sol.adjoint_steps
+
+        return batched(one)
+
     # The run's JIIO (also for a VAE run: its config's model.jiio) at each step budget.
     configured = cc.splat("model.jiio", jiio.JIIO, config.model.jiio, backward=model.backward)
 
@@ -236,13 +296,15 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
         return jnp.mean(jax.vmap(one)(xs, targets, masks))
 
     data = (dec, obs.image, obs.mask)
-    calls, compiles, quality, fevals = {}, {}, {}, {}
+    calls, compiles, quality, fevals, adjoint_evals = {}, {}, {}, {}, {}
 
     def prepare(name, fn):
         calls[name], compiles[name] = _compile(fn, *data)
-        x, n = calls[name]()
+        x, n, *adjoint = calls[name]()
         quality[name] = float(score(dec, x, obs.image, obs.mask))
         fevals[name] = float(np.mean(n))
+        if adjoint:
+            adjoint_evals[name] = float(np.mean(adjoint[0]))
 
     for lr in ADAM_LRS:
         prepare(f"adam_lr{lr}", adam(lr))
@@ -251,16 +313,26 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
     for lr in ADAM_LRS:  # only the best lr is timed
         if lr != best_lr:
             calls.pop(f"adam_lr{lr}")
+    # The warm form at the cold form's lr (with converged inner solves both take the same steps).
+    no_warm = _no_warm_start(model.backward, "config.model.backward")
+    warm = f"adam_warm_lr{best_lr}"
+    if no_warm is None:
+        prepare(warm, adam_warm(best_lr))
     for k in budgets:
         prepare(f"jiio{k}", jiio_run(k))
     seconds = interleaved_times(calls, options.num_repeats)
     base = f"adam_lr{best_lr}"
     baseline = _summary(
         seconds[base], compiles[base], quality[base], fevals[base],
-        name="inner_adam", steps=ADAM_STEPS, learning_rate=best_lr,
+        name="inner_adam", steps=ADAM_STEPS, learning_rate=best_lr, warm_start=False,
         learning_rate_grid_quality={str(lr): q for lr, q in lr_quality.items()},
     )  # fmt: skip
     rows = _jiio_rows(budgets, seconds, compiles, quality, fevals)
+    baseline_warm = no_warm or _summary(
+        seconds[warm], compiles[warm], quality[warm], fevals[warm],
+        name="inner_adam", steps=ADAM_STEPS, learning_rate=best_lr, warm_start=True,
+        adjoint_evals_per_example=adjoint_evals[warm],
+    )  # fmt: skip
     initial = float(score(dec, jnp.zeros((len(images), *x0.shape), F32), obs.image, obs.mask))
     return {
         "batch_size": len(images),
@@ -272,6 +344,7 @@ def _generative(config, params, options, budgets, batch_size) -> dict[str, Any]:
         "baseline": baseline,
         "jiio": rows,
         **_equal_quality(baseline, rows, higher_is_better=False),
+        **_other_form("warm", baseline_warm, rows, higher_is_better=False),
     }
 
 
@@ -302,14 +375,31 @@ def _adversarial(config, params, options, budgets, batch_size) -> dict[str, Any]
     pgd_delta, _ = calls["pgd"]()
     count_ok = bool(np.allclose(np.asarray(delta_c), np.asarray(pgd_delta), atol=1e-4))
     fevals["pgd"] = float(np.mean(np.asarray(count)[valid])) if count_ok else None
+    no_warm = _no_warm_start(fns.task.model.backward, "config.model.backward")
+    if no_warm is None:
+        fn, compiles["pgd_warm"] = _warm_pgd(fns, pgd_steps, params, x, y, key)
+        calls["pgd_warm"] = functools.partial(fn, params, x, y, key)
+        delta, num, adjoint = calls["pgd_warm"]()
+        quality["pgd_warm"] = ce_of(delta)
+        fevals["pgd_warm"] = float(np.mean(np.asarray(num)[valid]))
+        adjoint_evals = float(np.mean(np.asarray(adjoint)[valid]))
     seconds = interleaved_times(calls, options.num_repeats)
     s = fns.settings
+    settings = {
+        "name": "pgd",
+        "steps": pgd_steps,
+        "step_size": s.eval_pgd.step_size,
+        "random_start": s.eval_pgd.random_start,
+    }
     baseline = _summary(
         seconds["pgd"], compiles["pgd"], quality["pgd"], fevals["pgd"],
-        name="pgd", steps=pgd_steps, step_size=s.eval_pgd.step_size,
-        random_start=s.eval_pgd.random_start,
+        **settings, warm_start=False,
     )  # fmt: skip
     rows = _jiio_rows(budgets, seconds, compiles, quality, fevals)
+    baseline_warm = no_warm or _summary(
+        seconds["pgd_warm"], compiles["pgd_warm"], quality["pgd_warm"], fevals["pgd_warm"],
+        **settings, warm_start=True, adjoint_evals_per_example=adjoint_evals,
+    )  # fmt: skip
     return {
         "batch_size": int(valid.sum()),
         "epsilon": s.eval_epsilon,
@@ -321,7 +411,31 @@ def _adversarial(config, params, options, budgets, batch_size) -> dict[str, Any]
         "baseline": baseline,
         "jiio": rows,
         **_equal_quality(baseline, rows, higher_is_better=True),
+        **_other_form("warm", baseline_warm, rows, higher_is_better=True),
     }
+
+
+def _warm_pgd(fns, steps: int, params, images, labels, key) -> tuple[Callable, float]:
+    """``(fn, compile_seconds)``: the evaluation PGD-``steps`` of ``fns`` in its warm-start
+    form, compiled ahead of time (``steps`` traced, as the cold form's);
+    ``fn(params, images, labels, key) -> (delta, forward f evals [B], adjoint evals [B])``."""
+    from jiio_jax.tasks.attacks import pgd_attack, threat_sets
+
+    task, s = fns.task, fns.settings
+
+    @jax.jit
+    def run(params, images, labels, key, k):
+        sol = pgd_attack(
+            task.model, params, images, labels,
+            threat_sets(images, fns.radius, s.norm, s.clip_pixels),
+            steps=k, step_size=s.eval_pgd.step_size,
+            key=key if s.eval_pgd.random_start else None, warm_start=True,
+        )  # fmt: skip
+        return sol.x, sol.forward_steps, sol.adjoint_steps
+
+    k = jnp.asarray(steps, jnp.int32)
+    compiled, seconds = compile_ahead(run, params, images, labels, key, k)
+    return (lambda p, x, y, key_: compiled(p, x, y, key_, k)), seconds
 
 
 # -- meta ---------------------------------------------------------------------------------------
@@ -371,6 +485,21 @@ def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
             "inner_steps": float(jnp.mean(inner.steps)),
             "fevals": float(jnp.mean(inner.fevals)),
         }
+    # The reference's projected Adam is the warm form; its cold form (every solve from zero)
+    # is the paper-style baseline here (issue 14: JIIO against both).
+    calls["projected_adam_cold"], compiles["projected_adam_cold"] = _compile(
+        _cold_projected_adam(base_task), params, s_img, s_lab
+    )
+    inner = calls["projected_adam_cold"]()
+    support, cost = jax.device_get(score(params, inner["context"]))
+    quality["projected_adam_cold"] = float(support)
+    extra["projected_adam_cold"] = {
+        "inner_cost_resolved": float(cost),
+        "support_loss_own": float(jnp.mean(inner["support_loss"])),
+        "inner_steps": float(base_task.adam.num_steps),
+        "fevals": float(jnp.mean(inner["fevals"])),
+    }
+    adjoint_cold = float(jnp.mean(inner["adjoint_evals"]))
     seconds = interleaved_times(calls, options.num_repeats)
 
     def summary(key, **kw):
@@ -384,7 +513,12 @@ def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
     adam = base_task.adam
     baseline = summary(
         "projected_adam", name="projected_adam", steps=adam.num_steps,
-        learning_rate=adam.learning_rate,
+        learning_rate=adam.learning_rate, warm_start=True,
+    )  # fmt: skip
+    baseline_cold = summary(
+        "projected_adam_cold", name="projected_adam", steps=adam.num_steps,
+        learning_rate=adam.learning_rate, warm_start=False,
+        adjoint_evals_per_example=adjoint_cold,
     )  # fmt: skip
     rows = {str(k): summary(f"jiio{k}") for k in budgets}
     return {
@@ -398,7 +532,41 @@ def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
         "baseline": baseline,
         "jiio": rows,
         **_equal_quality(baseline, rows, higher_is_better=False),
+        **_other_form("cold", baseline_cold, rows, higher_is_better=False),
     }
+
+
+def _cold_projected_adam(task) -> Callable:
+    """``(params, images, labels) -> dict`` per episode: ``MetaTask.adapt(method=
+    "projected_adam")``'s solve (same problem, steps, lr and solvers) with
+    ``warm_start=False``: the context, the support CE at its own ``z``, and the forward and
+    adjoint f-evaluation counts."""
+    from jiio_jax import jiio
+    from jiio_jax.deq import Implicit
+    from jiio_jax.tasks.meta import cross_entropy
+
+    adam = task.adam
+
+    def one(params, images, labels):
+        problem = task.inner_problem(params, {"image": images, "label": labels})
+        sol = jiio.projected_adam(
+            problem.f, problem.cost, problem.z0, problem.x0, *problem.args,
+            num_steps=adam.num_steps, learning_rate=adam.learning_rate,
+            forward_solver=adam.solver, adjoint=Implicit(adam.solver), warm_start=False,
+        )  # fmt: skip
+        z = jax.lax.stop_gradient(sol.z)
+        logits = jax.vmap(task.model.head, in_axes=(0, None))(z, problem.args[3])
+        return {
+            "context": jax.lax.stop_gradient(sol.x),
+            "support_loss": jnp.mean(cross_entropy(logits, labels)),
+            "fevals": sol.forward_steps,
+            "adjoint_evals": sol.adjoint_steps,
+        }
+
+    def run(params, images, labels):
+        return jax.vmap(lambda im, lab: one(params, im, lab))(images.astype(F32), labels)
+
+    return run
 
 
 __all__ = ["interleaved_times", "timing"]

@@ -106,6 +106,7 @@ def pgd_attack(
     step_size: float,
     key: jax.Array | None = None,
     dmasks: PyTree = None,
+    warm_start: bool = False,
 ) -> InnerLoopSolution:
     r"""PGD-``steps`` on the CE of each image: ``jiio.pgd`` on ``attack_problem``, vmapped.
 
@@ -127,6 +128,9 @@ def pgd_attack(
       step_size: relative to the radius.
       key: PRNG key for a random start (``random_start``; ``None``: ``delta_0 = 0``).
       dmasks: per-image dropout masks (training) or ``None`` (eval mode).
+      warm_start: ``jiio.pgd``'s: ``False`` (the paper's PGD) solves every step from ``z = 0``
+        and the cotangent; ``True`` warm-starts each solve from the previous step's ``z`` and
+        adjoint (needs ``model.backward`` ``Implicit``; counts ``adjoint_steps``).
 
     Returns:
       The batched ``jiio.InnerLoopSolution``: ``x`` is ``delta`` ``[B, H, W, C]`` inside every
@@ -145,7 +149,7 @@ def pgd_attack(
             f, cost, model.z0(F32), d0, *args,
             step_size=alpha, num_steps=steps, projection=threat, direction=direction,
             normalize_eps=1e-12, forward_solver=model.solver, backward=model.backward,
-            final_solve=False,
+            final_solve=False, warm_start=warm_start,
         )  # fmt: skip
 
     return jax.vmap(one)(images.astype(F32), labels, dmasks, threats, delta0, alphas)
