@@ -10,9 +10,14 @@ compile excluded, one warm-up call, medians of interleaved warm calls):
     finds the latents of a training batch and the outer MSE backpropagates through the
     implicit gradient (``jiio.solve``, warm-started adjoint). Compared: JIIO (T augmented
     steps) vs Adam over the latent (each step a DEQ forward + implicit backward,
-    ``jiio.inner_adam``), cold start; Adam's lr is the best of a grid for Adam-40.
+    ``jiio.inner_adam``); Adam's lr is the best of a grid for Adam-40.
 (b) L2 attack on a DEQ classifier ``z = tanh(W z + U (x + delta) + b)``, logits ``V z + c``:
     JIIO (normalized steps + projection) vs PGD-k (``jiio.pgd``), same epsilon.
+
+Every baseline runs in both forms (issue 14), at the same steps and lr / step size: the
+paper's cold start (every inner solve from ``z = 0`` and the cotangent; the rows ``adam`` /
+``pgd``) and the warm start (``warm_start=True``: each solve from the previous step's ``z`` and
+adjoint; ``adam_warm`` / ``pgd_warm``). JIIO's time to reach each is reported.
 (c) Latent reconstruction as (a) with the library's MDEQ generator, whose inner problem is the
     generative task's (``GenerativeTask.inner_problem``: no corruption, no latent prior).
 
