@@ -1,0 +1,227 @@
+"""Cost of one augmented JIIO step relative to a bare ``f + VJP`` step (issue 14, "cheaper steps").
+
+Both programs run ``T`` steps in a ``lax.fori_loop``, ``jax.vmap``-ed over a batch:
+
+* **bare**: ``(f(z, x), C(z, x))`` and one VJP with cotangents ``(mu, 1)`` per step, then
+  ``z <- f(z, x)``, ``x <- x - 0.01 g_x``, ``mu <- g_z``: the arithmetic every JIIO step must do;
+* **JIIO**: ``jiio.solve`` with ``start="given"``, ``no_worse_than_start=False`` and no
+  tolerance (no start solve, fixed-length loop), Type-I Anderson at memory 5 and 10, and the
+  plain augmented iteration (``accelerator="none"``). Its total includes the one extra
+  augmented-map evaluation at the returned point (block residuals), i.e. ``T + 1``
+  evaluations divided by ``T``.
+
+Models: (a) the dense ``tanh`` decoder of ``jiio_vs_inner_loops.py`` (256-d state, 16-d latent,
+64 output pixels; random init rescaled to ``||W||_2 = 0.9``: the step cost of a fixed-length
+loop does not depend on the parameter values), batch 64, T = 40; (b) the MDEQ generator of its
+section (c) (branches (16, 32), 8x8 digits), untrained init, batch 32, T = 20.
+
+Timing: ``jiio_jax.evaluation.clock`` (compile excluded, one warm-up call, ``--repeats``
+interleaved rounds); the report gives the median and the minimum over rounds (on a shared,
+loaded CPU the minimum is the least disturbed sample). The measuring part writes
+``<out>/jiio_step_cost.json``, the report part ``<out>/jiio_step_cost_table.md`` from that JSON
+alone (``experiments/results/jiio_step_cost.md`` is the written-up result).
+
+Usage:
+  /work/venv/bin/python experiments/benchmarks/jiio_step_cost.py
+  /work/venv/bin/python experiments/benchmarks/jiio_step_cost.py --quick --out /tmp/x
+  /work/venv/bin/python experiments/benchmarks/jiio_step_cost.py --report_only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import jiio_vs_inner_loops as inner  # noqa: E402
+from common import compile_ahead, interleaved_times, machine_description  # noqa: E402
+
+from jiio_jax import jiio  # noqa: E402
+
+F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCostConfig:
+    hidden: int = 256
+    latent: int = 16
+    dense_batch: int = 64
+    dense_steps: int = 40
+    mdeq_channels: tuple = (16, 32)
+    mdeq_batch: int = 32
+    mdeq_steps: int = 20
+    memories: tuple = (5, 10)
+    repeats: int = 9
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> StepCostConfig:
+        return cls(
+            hidden=24,
+            latent=4,
+            dense_batch=4,
+            dense_steps=4,
+            mdeq_channels=(4, 8),
+            mdeq_batch=2,
+            mdeq_steps=3,
+            memories=(2,),
+            repeats=1,
+        )
+
+
+def bare_loop(layer, cost, z0, x0, steps: int):
+    """``steps`` bare ``f + VJP`` steps for one problem (see the module docstring)."""
+
+    def run(p, target):
+        def body(_, carry):
+            z, x, mu = carry
+            (fz, c), vjp = jax.vjp(
+                lambda z_, x_: (layer(z_, x_, p, target), cost(z_, x_, p, target)), z, x
+            )
+            gz, gx = vjp((mu, jnp.ones_like(c)))
+            return fz, jax.tree.map(lambda a, b: a - 0.01 * b, x, gx), gz
+
+        return jax.lax.fori_loop(0, steps, body, (z0, x0, jax.tree.map(jnp.zeros_like, z0)))
+
+    return run
+
+
+def jiio_loop(layer, cost, z0, x0, steps: int, **fields):
+    solver = jiio.JIIO(
+        step_size=0.01,
+        max_steps=steps,
+        start="given",
+        no_worse_than_start=False,
+        **fields,
+    )
+
+    def run(p, target):
+        return jiio.solve(layer, cost, z0, x0, p, target, solver=solver)
+
+    return run
+
+
+def step_costs(problem, params, targets, steps: int, memories, repeats: int) -> dict[str, Any]:
+    """ms per step of bare / JIIO variants (interleaved medians); every program compiled first."""
+    layer, cost, z0, x0 = problem
+    programs = {"bare": bare_loop(layer, cost, z0, x0, steps)}
+    programs["jiio_none"] = jiio_loop(layer, cost, z0, x0, steps, accelerator="none")
+    for m in memories:
+        programs[f"jiio_m{m}"] = jiio_loop(layer, cost, z0, x0, steps, memory=m)
+    calls, compile_s = {}, {}
+    for name, run in programs.items():
+        batched = jax.vmap(run, in_axes=(None, 0))
+        compiled, compile_s[name] = compile_ahead(batched, params, targets)
+        calls[name] = functools.partial(compiled, params, targets)
+    samples = interleaved_times(calls, repeats)
+    ms = {name: 1e3 * float(np.median(t)) / steps for name, t in samples.items()}
+    # The fastest round: the least disturbed by the other processes of a shared machine.
+    ms_min = {name: 1e3 * min(t) / steps for name, t in samples.items()}
+    for name in programs:
+        print(
+            f"  {name:10s} {ms[name]:.3f} ms/step  ratio {ms[name] / ms['bare']:.2f}  "
+            f"min {ms_min[name]:.3f} ratio {ms_min[name] / ms_min['bare']:.2f}  "
+            f"(compile {compile_s[name]:.1f} s)",
+            flush=True,
+        )
+    return {
+        "ms_per_step": ms,
+        "ms_per_step_min": ms_min,
+        "compile_s": compile_s,
+        "steps": steps,
+        "batch": len(targets),
+    }
+
+
+def measure(cfg: StepCostConfig, command: str) -> dict[str, Any]:
+    images, *_ = inner.load_data(cfg.seed)
+    icfg = dataclasses.replace(
+        inner.BenchConfig(), hidden=cfg.hidden, latent=cfg.latent, mdeq_channels=cfg.mdeq_channels
+    )
+    results: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "machine": machine_description(),
+        "load_average": os.getloadavg(),
+        "command": command,
+    }
+    dense = inner.dense_problem(icfg)
+    decoder = inner.init_dense_deq(jax.random.key(cfg.seed), cfg.hidden, cfg.latent, 64)
+    targets = jnp.asarray(2 * images[: cfg.dense_batch] - 1)
+    print("dense decoder:", flush=True)
+    results["dense"] = step_costs(
+        dense, decoder, targets, cfg.dense_steps, cfg.memories, cfg.repeats
+    )
+    task = inner.mdeq_task(icfg)
+    params = jax.jit(task.model.init)(jax.random.key(cfg.seed + 2))
+    mdeq = inner.mdeq_problem(task, params)
+    targets = jnp.asarray(2 * images[: cfg.mdeq_batch] - 1).reshape(-1, 8, 8, 1)
+    print("MDEQ generator:", flush=True)
+    results["mdeq"] = step_costs(mdeq, params, targets, cfg.mdeq_steps, cfg.memories, cfg.repeats)
+    results["load_average_end"] = os.getloadavg()
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    rows = []
+    for key, label in (("dense", "dense decoder"), ("mdeq", "MDEQ generator")):
+        r = results[key]
+        ms, ms_min = r["ms_per_step"], r["ms_per_step_min"]
+        for name, t in ms.items():
+            rows.append(
+                [
+                    f"{label} (batch {r['batch']}, T={r['steps']})",
+                    name,
+                    t,
+                    t / ms["bare"],
+                    ms_min[name],
+                    ms_min[name] / ms_min["bare"],
+                ]
+            )
+    headers = ["model", "program", "ms / step (median)", "ratio", "ms / step (min)", "ratio (min)"]
+    table = common.markdown_table(headers, rows)
+    load = ", ".join(f"{x:.1f}" for x in results["load_average"])
+    return (
+        "## Step cost\n\n"
+        f"{results['machine']}; load average at start {load}. Medians and minima of "
+        f"{cfg['repeats']} interleaved rounds, compile excluded (`jiio_jax.evaluation.clock`). "
+        "JIIO's total includes its one extra augmented-map evaluation at the returned point "
+        "(T + 1 evaluations per T steps).\n\n"
+        f"{table}\n\nCommand: `{results['command']}`\n"
+    )
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument("--out", default=os.path.join("experiments", "results"))
+    parser.add_argument("--repeats", type=int, default=None)
+    common.add_report_only_flag(parser)
+    args = parser.parse_args(argv)
+    path = os.path.join(args.out, "jiio_step_cost.json")
+    if args.report_only:
+        results = common.load_results(path)
+    else:
+        cfg = StepCostConfig.quick() if args.quick else StepCostConfig()
+        if args.repeats is not None:
+            cfg = dataclasses.replace(cfg, repeats=args.repeats)
+        command = " ".join(["python", *sys.argv])
+        results = common.save_results(path, measure(cfg, command))
+    text = report(results)
+    with open(os.path.join(args.out, "jiio_step_cost_table.md"), "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(text, flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
