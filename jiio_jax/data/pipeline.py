@@ -6,7 +6,6 @@ function of ``(seed, position)``: the iterator state is just a position, ``get_s
 ``grain.checkpoint.CheckpointSave(iterator)`` next to the train state.
 """
 
-import functools
 from typing import Any
 
 import grain
@@ -74,11 +73,12 @@ def make_iterator(
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
 
-    dataset = grain.MapDataset.source(get_source(data_config, split)).seed(seed)
-    # Before the shuffle: the example's position in its split, the key of per-example state
-    # carried across epochs (``Task.example_cache``). Modulo the split's size: after
-    # ``repeat`` grain hands epoch e's element i the index e * len + i.
-    dataset = dataset.map_with_index(functools.partial(_with_index, len(dataset)))
+    # Each record carries its position in the split, the key of per-example state carried
+    # across epochs (``Task.example_cache``). Added by the source itself, not by a dataset
+    # transformation: an extra transformation before the shuffle changed grain's shuffle
+    # order (every run's data order, hence its numbers).
+    source = _IndexedSource(get_source(data_config, split))
+    dataset = grain.MapDataset.source(source).seed(seed)
     if shuffle:
         dataset = dataset.shuffle()
     if options.flip and split == "train":
@@ -98,8 +98,20 @@ def make_iterator(
     )
 
 
-def _with_index(size: int, index: int, element: dict[str, Any]) -> dict[str, Any]:
-    return {**element, "index": np.int32(index % size)}
+class _IndexedSource:
+    """A random-access source whose record ``i`` also holds ``"index": int32(i)``."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self._source[index], "index": np.int32(index)}
+
+    def __repr__(self) -> str:
+        return f"_IndexedSource({self._source!r})"
 
 
 # -- the steps every iterator of this package shares (images here, episodes in ``episodes``) --
