@@ -257,7 +257,8 @@ def main(argv=None) -> dict:
         if args.repeats is not None:
             cfg = dataclasses.replace(cfg, repeats=args.repeats)
         cfg = dataclasses.replace(cfg, marginal=args.marginal)
-        command = " ".join(["python", *sys.argv])
+        flags = sys.argv[1:] if argv is None else list(argv)
+        command = " ".join(["python", "experiments/benchmarks/jiio_step_cost.py", *flags])
         results = common.save_results(path, measure(cfg, command))
     text = report(results)
     with open(os.path.join(args.out, stem + "_table.md"), "w", encoding="utf-8") as fh:
