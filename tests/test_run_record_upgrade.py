@@ -55,3 +55,12 @@ def test_evaluation_config_accepts_a_pinned_default_and_refuses_real_conflicts(t
 
 def test_task_defaults_of_an_unknown_task_are_empty():
     assert record.task_defaults("nope") == {}
+
+
+def test_an_explicit_none_stays_none(tmp_path):
+    """digits_gen sets model.jiio.final_step_size=None while the task default is 0.003: a
+    record's None there is the run's value, not a placeholder to upgrade."""
+    workdir = _old_record(tmp_path, drop=())
+    assert record.load_run_config(workdir).model.jiio.final_step_size is None
+    given = load_config("digits_gen")
+    assert record.evaluation_config(workdir, given).model.jiio.final_step_size is None

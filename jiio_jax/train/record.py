@@ -194,15 +194,22 @@ def task_defaults(task: str) -> dict[str, Any]:
     return flatten(config_record(config))
 
 
+# Fields whose ``None`` placeholder meant a library default that the library has since changed
+# and the tasks now pin to the old value (JIIO's start guard, on by default since 2026-12-07):
+# a record's None there means the task's pinned value. Elsewhere None stays None (it may be an
+# explicit value, e.g. ``final_step_size=None``).
+PINNED_DEFAULTS = ("model.jiio.no_worse_than_start",)
+
+
 def _upgrade(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with the fields added to the task's config since the run was trained (absent
-    in ``config.json``) set to their current defaults, and ``None`` placeholders (a library
-    default at training time) set to the task's explicit default where it now has one."""
+    in ``config.json``) set to their current defaults, and the :data:`PINNED_DEFAULTS` that are
+    ``None`` set to the task's pinned value."""
     filled = []
     flat = flatten(record)
     for key, value in task_defaults(record.get("task", "")).items():
         missing = key not in flat and not any(k.startswith(key + ".") for k in flat)
-        if missing or (flat.get(key, 0) is None and value is not None):
+        if missing or (key in PINNED_DEFAULTS and flat.get(key, 0) is None):
             _set(record, key, value)
             filled.append(key)
     if filled:
@@ -259,14 +266,14 @@ def evaluation_config(
     if record is None:
         load_run_config(workdir)  # The FileNotFoundError with its advice.
     diffs = differences(record, given)
-    # Absent from the record (added since): --config's value. None in the record (a library
-    # default at training time) where --config holds the task's explicit default today: that
-    # default (e.g. JIIO's reference start, pinned when the library's default changed).
+    # Absent from the record (added since): --config's value. A PINNED_DEFAULTS field that is
+    # None in the record and holds the task's pinned value in --config: that value.
     defaults = task_defaults(record.get("task", ""))
     added = {
         k: b
         for k, (a, b) in diffs.items()
-        if b != _MISSING and (a == _MISSING or (a is None and k in defaults and defaults[k] == b))
+        if b != _MISSING
+        and (a == _MISSING or (a is None and k in PINNED_DEFAULTS and defaults.get(k) == b))
     }
     diffs = {k: v for k, v in diffs.items() if _MISSING not in v and k not in added}
     training_only = {
