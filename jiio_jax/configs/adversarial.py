@@ -216,9 +216,7 @@ def read_config(config: ml_collections.ConfigDict) -> AdversarialSettings:
     bwd = backward("model.backward", m.backward)
     failures = common.failure_policy(m)
     # Relative step sizes: the task sets step_scale to the radius step at each use.
-    jiio = splat(
-        "model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True, **failures
-    )
+    jiio = splat("model.jiio", JIIO, m.jiio, backward=bwd, normalize_step=True, **failures)
     pgd_settings = read_pgd(m.pgd)
 
     eval_epsilon, eval_pgd, eval_jiio = _read_eval(config, epsilon, m.pgd, jiio)
