@@ -36,8 +36,8 @@ Reconstructions (``images/reconstruction_*.png``: target | reconstruction) are c
 samples (``images/samples_*.png``, a Gaussian fitted to the latents of an eval batch of 100)
 are mostly recognisable but blurrier digits.
 
-Amortized training (``--config.model.amortize=True``; ``experiments/results/jiio.md``, section
-"Amortized training"), measured 2026-12-07 at load 9-14: 21.21 dB at step 600 (-1.05 dB) for
+Amortized training (``--config.model.amortize=True``; ``experiments/results/jiio_amortized.md``),
+measured 2026-12-07 at load 9-14: 21.21 dB at step 600 (-1.05 dB) for
 the same CPU time (347.8 vs 349.4 s): the second compiled JIIO program costs what the 10-step
 warm solves save; with ``--config.model.amortize_cold=warm`` (one program) 21.32 dB in 0.71x the
 CPU time. A decoder trained on warm latents is inverted less well from a cold start.

@@ -900,8 +900,22 @@ def report(cfg, recon, attack, mdeq_recon, results) -> str:
         "",
         *mdeq_section(cfg, mdeq_recon, info),
         *analysis(recon, attack),
+        *COMPANION_FILES,
     ]
     return "\n".join(lines)
+
+
+# Results this benchmark does not measure; jiio.md links them (it is rewritten whole).
+COMPANION_FILES = [
+    "",
+    "## More JIIO results (separate files, not rewritten by this benchmark)",
+    "",
+    "- `jiio_ideas.md`: the fewer-steps ideas tried (equilibrium start, RMSprop x step, memory,",
+    "  Type-II, Broyden) and what each gave.",
+    "- `jiio_step_cost.md`: one augmented step against a bare `f + VJP` step.",
+    "- `jiio_amortized.md`: amortized training (`--config.model.amortize=True`).",
+    "",
+]
 
 
 def mdeq_section(cfg, recon, info) -> list[str]:
