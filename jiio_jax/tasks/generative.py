@@ -306,8 +306,9 @@ class GenerativeTask(Task):
         # mu* is the adjoint of the summed per-image cost; the loss averages over B*C*H*W.
         scale = 1.0 / (b * obs.image[0].size) if self.warm_start else None
 
-        if x0 is None:
-            x0 = jnp.zeros((b, self.arch.latent_dim), F32)
+        # Without given starts, the zero latent stays an unbatched constant (as before amortized
+        # training existed): a batched zero start compiles differently and moved the 30-step
+        # solve's float rounding, and with it every trained number.
 
         def one(target, mask, dmask, x_init, z_init, mu_init, k_t, k_j):
             problem = self.inner_problem(
