@@ -184,14 +184,8 @@ def restore(
             ),
         ).state
 
-    _silence_closed_loop_callbacks()
-    try:
-        return read(step)
-    except Exception as e:  # noqa: BLE001 (any failure to read means a damaged checkpoint)
-        # Probing an earlier step also moves data_iter, harmless as we raise anyway.
-        raise _unreadable(
-            str(manager.directory), step, e, _succeeds(read), manager.all_steps()
-        ) from e
+    # Probing an earlier step on failure also moves data_iter, harmless as it raises anyway.
+    return _read_or_raise(manager, step, read)
 
 
 def restore_cache(manager: ocp.CheckpointManager, cache: Any, step: int) -> Any:
@@ -204,6 +198,12 @@ def restore_cache(manager: ocp.CheckpointManager, cache: Any, step: int) -> Any:
         args = ocp.args.Composite(cache=ocp.args.StandardRestore(abstract))
         return manager.restore(s, args=args).cache
 
+    return _read_or_raise(manager, step, read)
+
+
+def _read_or_raise(manager: ocp.CheckpointManager, step: int, read: Callable[[int], Any]) -> Any:
+    """``read(step)``; any failure is a damaged checkpoint: :class:`CheckpointError` naming it
+    and the previous step ``read`` succeeds on."""
     _silence_closed_loop_callbacks()
     try:
         return read(step)
