@@ -54,3 +54,27 @@ def write_omniglot(root, *, characters: int = 3, drawings: int = 4, size: int = 
                 pixels[rng.random((size, size)) < 0.3] = 0
                 pixels[:3, :6] = 0  # A corner mark: no two quarter turns agree.
                 Image.fromarray(pixels).save(os.path.join(folder, f"{c:02d}_{d:02d}.png"))
+
+
+def tiny_generative_model_config(method: str = "jiio", **mdeq_fields) -> ml_collections.ConfigDict:
+    """The generative task's default ``config.model`` shrunk for fast tests: a one-branch,
+    4-channel MDEQ with a 4-d latent (``mdeq_fields`` override it), 8 JIIO steps, 6-step
+    forward and backward solves."""
+    from jiio_jax.configs import generative
+
+    m = generative.default_model_config()
+    m.method, m.arch = method, ""
+    m.mdeq.update(
+        channels=(4,),
+        latent_dim=4,
+        expansion=1,
+        block_groups=2,
+        num_groups=2,
+        aux_groups=2,
+        cell_init_std=0.01,
+        **mdeq_fields,
+    )
+    m.jiio.update(max_steps=8, memory=3, step_size=0.1, final_step_size=None)
+    m.forward.max_steps = 6
+    m.backward.solver.max_steps = 6
+    return m

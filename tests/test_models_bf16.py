@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_generative_model_config
 
-from jiio_jax.configs import generative as gen_config
 from jiio_jax.models import cell as cell_lib
 from jiio_jax.models.configs import MDEQConfig
 from jiio_jax.tasks.generative import task_from_model_config
@@ -74,21 +74,9 @@ def test_bf16_cell_keeps_a_float32_state_and_float32_gradients():
 
 
 def _model_config(compute_dtype):
-    m = gen_config.default_model_config()
-    m.method, m.corruption, m.arch = "jiio", "none", ""
-    m.mdeq.update(
-        channels=(4,),
-        latent_dim=4,
-        expansion=1,
-        block_groups=2,
-        num_groups=2,
-        aux_groups=2,
-        cell_init_std=0.01,
-        compute_dtype=compute_dtype,
-    )
-    m.jiio.update(max_steps=8, memory=3, step_size=0.1, final_step_size=None)
+    m = tiny_generative_model_config("jiio", compute_dtype=compute_dtype)
+    m.corruption = "none"
     m.forward.max_steps = 8
-    m.backward.solver.max_steps = 6
     return m
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_generative_model_config
 
 from jiio_jax import losses
 from jiio_jax.configs import generative as gen_config
@@ -23,23 +24,10 @@ SIZE, B = 8, 4
 
 
 def tiny_model_config(method="jiio", corruption_kind="none"):
-    m = gen_config.default_model_config()
-    m.method, m.corruption = method, corruption_kind
-    m.arch = ""
-    m.mdeq.update(
-        channels=(4,),
-        latent_dim=4,
-        expansion=1,
-        block_groups=2,
-        num_groups=2,
-        aux_groups=2,
-        cell_init_std=0.01,
-    )
+    m = tiny_generative_model_config(method)
+    m.corruption = corruption_kind
     m.hole = 3
     m.noise_sigma = 0.2
-    m.jiio.update(max_steps=8, memory=3, step_size=0.1, final_step_size=None)
-    m.forward.max_steps = 6
-    m.backward.solver.max_steps = 6
     m.vae.update(encoder_channels=(4,), groups=2, dropout=0.1, kl_warmup_steps=10)
     m.num_image_examples = 3
     m.num_samples = 5

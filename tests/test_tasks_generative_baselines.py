@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_generative_model_config
 
-from jiio_jax.configs import generative as gen_config
 from jiio_jax.models.conv_decoder import ConvDecoder
 from jiio_jax.tasks.generative import task_from_model_config
 
@@ -23,21 +23,8 @@ STEP = jnp.asarray(5, jnp.int32)
 
 
 def model_config(method="vae", decoder="conv", **changes):
-    m = gen_config.default_model_config()
-    m.method, m.decoder = method, decoder
-    m.arch = ""
-    m.mdeq.update(
-        channels=(4,),
-        latent_dim=4,
-        expansion=1,
-        block_groups=2,
-        num_groups=2,
-        aux_groups=2,
-        cell_init_std=0.01,
-    )
-    m.jiio.update(max_steps=8, memory=3, step_size=0.1, final_step_size=None)
-    m.forward.max_steps = 6
-    m.backward.solver.max_steps = 6
+    m = tiny_generative_model_config(method)
+    m.decoder = decoder
     m.vae.update(encoder_channels=(4,), groups=2, dropout=0.0, kl_warmup_steps=10)
     m.conv_decoder.update(channels=(4, 8), groups=2)
     m.jac_weight = 0.0
