@@ -9,6 +9,14 @@ at step ``t`` costs one evaluation of ``(f, C)`` and one VJP with cotangents ``(
     z^+ = z + \tau_z (\hat z - z),\quad \mu^+ = \mu + \tau_\mu (g_z - \mu),\quad
     x^+ = \Pi\big(x - \alpha_t\, d\big),\ d = g_x \text{ or } g_x / (\|g_x\| + \epsilon)
 
+Opt-in x-step rules (issue 14's "fewer steps" ideas; each measured worse than the plain step on
+the trained dense decoder, see ``experiments/results/jiio_ideas.md``) change ``d`` through a
+carry ``XCarry`` over the evaluated points: RMSprop scaling ``g_x / (sqrt(v_hat) + eps)``,
+Barzilai-Borwein ``(s^T s / s^T y) / alpha_t * g_x`` (``s``, ``y``: the changes of ``x`` and
+``g_x`` since the previous evaluated point; clipped to ``[1/clip, clip]`` times ``alpha_t``)
+and heavy-ball momentum ``m = beta m + g_x, d = m``. The map then depends on the carry, so it
+is not a stationary fixed-point map for the accelerator.
+
 Fixed points satisfy ``z = f(z, x)`` (equilibrium), ``mu = (I - J_z^T)^{-1} grad_z C`` (the
 adjoint, i.e. the Lagrange multiplier of the equilibrium constraint) and ``x = Pi(x - a g_x)``
 (stationarity of the reduced problem ``min_x C(z*(x), x)``; ``g_x`` is its gradient).
@@ -65,8 +73,21 @@ def _safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
     return num / (den + jnp.finfo(num.dtype).tiny)
 
 
+class XCarry(NamedTuple):
+    """State of the opt-in x-step rules (each ``[nx]``, or ``[0]`` when its rule is off)."""
+
+    second_moment: jax.Array  # RMSprop: running mean of g_x^2
+    momentum: jax.Array  # heavy ball: m
+    x_prev: jax.Array  # Barzilai-Borwein: x and raw g_x at the previous evaluated point
+    g_prev: jax.Array
+
+
+X_RULES = ("none", "rmsprop", "barzilai_borwein")
+
+
 class AugmentedMap(NamedTuple):
-    """``F(s, t) -> (F(s), cost(s), joint_residual, ||F(s)||, blocks)``; see the module docstring.
+    """``F(s, t, with_blocks, carry) -> (F(s), cost(s), joint_residual, ||F(s)||, blocks,
+    carry)``; see the module docstring.
 
     At the input point ``s``: the joint residual is ``||F(s) - s|| / ||F(s)||``; ``||F(s)||`` is
     non-finite iff ``F(s)`` is. With ``with_blocks=True``, ``blocks`` is ``[3]``: the
@@ -74,7 +95,8 @@ class AugmentedMap(NamedTuple):
     ``||g_z - mu|| / ||g_z||`` and the projected-gradient stationarity
     ``||x - Pi(x - alpha_t g_x)|| / alpha_t`` (``= ||g_x||`` without a projection; absolute, in
     cost units per unit of x); else ``None`` (the fixed-length loop skips them: at batch 64 on
-    CPU their reductions cost a third of a step).
+    CPU their reductions cost a third of a step). ``carry`` (``XCarry``) is only read and
+    returned by the opt-in x-step rules; the plain map ignores it.
     """
 
     f: Callable
@@ -87,14 +109,50 @@ class AugmentedMap(NamedTuple):
     mu_damping: float
     normalize_step: bool
     normalize_eps: float
-    precondition_decay: float | None = None  # None: plain g_x; else RMSprop scaling (below)
+    x_rule: str = "none"  # one of X_RULES
+    precondition_decay: float = 0.9  # RMSprop's running-mean decay
     precondition_eps: float = 1e-8
+    x_momentum: float = 0.0  # heavy-ball beta (0: off)
+    bb_clip: float = 10.0
 
-    def init_scale(self, s: jax.Array) -> jax.Array:
-        """Initial running second moment of ``g_x`` (``[nx]``; ``[0]`` without scaling)."""
-        return jnp.zeros((self.layout.nx if self.precondition_decay else 0,), s.dtype)
+    def init_carry(self, s: jax.Array) -> XCarry:
+        """The rules' initial state (zeros; ``[0]`` arrays for the rules that are off)."""
+        nx = self.layout.nx
 
-    def __call__(self, s: jax.Array, t: jax.Array, with_blocks: bool = True, v=None):
+        def zeros(on: bool) -> jax.Array:
+            return jnp.zeros((nx if on else 0,), s.dtype)
+
+        bb = self.x_rule == "barzilai_borwein"
+        return XCarry(
+            zeros(self.x_rule == "rmsprop"), zeros(self.x_momentum > 0), zeros(bb), zeros(bb)
+        )
+
+    def _x_direction(self, xf, gxf, alpha, t, carry: XCarry):
+        """The x step's direction ``d`` and the new carry (see the module docstring)."""
+        dtype = gxf.dtype
+        d, new = gxf, carry
+        if self.x_rule == "rmsprop":
+            beta = self.precondition_decay
+            v = beta * carry.second_moment + (1 - beta) * jnp.square(gxf)
+            v_hat = v / (1 - beta ** (jnp.asarray(t, dtype) + 1))
+            d = gxf / (jnp.sqrt(v_hat) + self.precondition_eps)
+            new = new._replace(second_moment=v)
+        elif self.x_rule == "barzilai_borwein":
+            s_, y_ = xf - carry.x_prev, gxf - carry.g_prev
+            sy, ss = jnp.vdot(s_, y_), jnp.vdot(s_, s_)
+            # BB1 step s's / s'y; the first point (no pair yet) and a non-positive curvature
+            # estimate keep alpha_t.
+            ok = (jnp.asarray(t) > 0) & (sy > 0) & jnp.isfinite(ss / sy)
+            ratio = jnp.where(ok, ss / jnp.where(ok, sy, 1) / alpha, 1)
+            d = gxf * jnp.clip(ratio, 1 / self.bb_clip, self.bb_clip)
+            new = new._replace(x_prev=xf, g_prev=gxf)
+        if self.x_momentum > 0:
+            m = self.x_momentum * carry.momentum + d
+            d = m
+            new = new._replace(momentum=m)
+        return d, new
+
+    def __call__(self, s: jax.Array, t: jax.Array, with_blocks: bool, carry: XCarry):
         layout = self.layout
         zf, xf, muf = layout.split(s)
         z, x = layout.unravel_z(zf), layout.unravel_x(xf)
@@ -114,19 +172,14 @@ class AugmentedMap(NamedTuple):
                 return v
             return ravel_pytree(self.projection(layout.unravel_x(v)))[0]
 
-        v_new, gx_raw = v, gxf
-        if self.precondition_decay and v is not None:
-            # RMSprop-like diagonal scaling of the x step: d = g_x / (sqrt(v_hat) + eps), with
-            # v the running mean of g_x^2 over the evaluated points (bias-corrected).
-            beta = self.precondition_decay
-            v_new = beta * v + (1 - beta) * jnp.square(gxf)
-            v_hat = v_new / (1 - beta ** (jnp.asarray(t, s.dtype) + 1))
-            gxf = gxf / (jnp.sqrt(v_hat) + self.precondition_eps)
+        d, carry = self._x_direction(xf, gxf, alpha, t, carry)
         raw_step = proj(xf - alpha * gxf)
         if self.normalize_step:
-            x_new = proj(xf - alpha * gxf / (jnp.linalg.norm(gxf) + self.normalize_eps))
-        else:
+            x_new = proj(xf - alpha * d / (jnp.linalg.norm(d) + self.normalize_eps))
+        elif self.x_rule == "none" and self.x_momentum == 0:
             x_new = raw_step
+        else:
+            x_new = proj(xf - alpha * d)
         f_s = jnp.concatenate([zf + self.z_damping * dz, x_new, muf + self.mu_damping * dmu])
         g = f_s - s
         sq_g, sq_f = jnp.sum(jnp.square(g)), jnp.sum(jnp.square(f_s))
@@ -134,7 +187,7 @@ class AugmentedMap(NamedTuple):
         f_norm = jnp.sqrt(sq_f).astype(s.dtype)
         blocks = None
         if with_blocks:
-            stationarity = gx_raw if self.projection is None else (xf - raw_step) / alpha
+            stationarity = gxf if self.projection is None else (xf - raw_step) / alpha
             sq_dz, sq_fz, sq_dmu, sq_gz = jnp.sum(jnp.square(jnp.stack([dz, fzf, dmu, gzf])), 1)
             blocks = jnp.stack(
                 [
@@ -143,6 +196,4 @@ class AugmentedMap(NamedTuple):
                     jnp.linalg.norm(stationarity),
                 ]
             ).astype(s.dtype)
-        if v is None:
-            return f_s, jnp.asarray(c, s.dtype), joint, f_norm, blocks
-        return f_s, jnp.asarray(c, s.dtype), joint, f_norm, blocks, v_new
+        return f_s, jnp.asarray(c, s.dtype), joint, f_norm, blocks, carry

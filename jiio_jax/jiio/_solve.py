@@ -25,7 +25,9 @@ from jiio_jax.deq import ON_FAILURE, Implicit, implicit_equilibrium
 from jiio_jax.deq.backward import BACKWARD_MODES, Unrolled
 from jiio_jax.jiio import _accelerators, _problem
 from jiio_jax.jiio._augmented import (
+    X_RULES,
     AugmentedMap,
+    XCarry,
     flatten_state,
     make_layout,
     project_x_block,
@@ -46,7 +48,7 @@ from jiio_jax.solvers.core import (
 
 PyTree = Any
 BEST_ITERATE_RULES = ("cost_aware", "residual")
-X_PRECONDITIONERS = ("none", "rmsprop")
+X_PRECONDITIONERS = X_RULES
 STARTS = ("given", "equilibrium")
 _RUNNING = -1
 
@@ -166,11 +168,17 @@ class JIIO:
         ``jiio_jax.deq.fixed_point``. The training tasks use ``"nan"``.
       failure_ratio: that solve counts as failed when it ends at ``MAX_STEPS`` with a residual
         above ``failure_ratio`` times its solver's ``tol`` (``jiio_jax.deq.fixed_point``).
-      x_preconditioner: ``"none"`` (reference: ``d = g_x``) or ``"rmsprop"``: the x step uses
+      x_preconditioner: ``"none"`` (reference: ``d = g_x``), ``"rmsprop"``: the x step uses
         ``d = g_x / (sqrt(v_hat) + 1e-8)`` with ``v`` the running mean (``preconditioner_decay``,
         bias-corrected) of ``g_x^2`` over the evaluated points, so each input coordinate moves
-        at its own scale.
+        at its own scale; or ``"barzilai_borwein"``: the step length is the BB1 step
+        ``s^T s / s^T y`` between the last two evaluated points (``s``: change of ``x``, ``y``:
+        of ``g_x``), clipped to ``[alpha_t / 10, 10 alpha_t]`` (``alpha_t`` on the first point
+        or when ``s^T y <= 0``). Opt-in: both measured worse than the plain step
+        (``experiments/results/jiio_ideas.md``).
       preconditioner_decay: the running mean's decay (in (0, 1)).
+      x_momentum: heavy-ball momentum of the x step, ``m = x_momentum * m + d``, step along
+        ``m`` (0: off, the reference; must be in [0, 1)). Opt-in; see ``jiio_ideas.md``.
       start: ``"equilibrium"`` (default): iterate from ``(z*(x0), Pi(x0), mu0)`` with ``z*``
         the start solve of ``no_worse_than_start`` and ``mu0`` (if not given)
         ``= grad_z C(z*, x0)``; or ``"given"`` (the reference: from ``(z0, Pi(x0), mu0)``).
@@ -207,6 +215,7 @@ class JIIO:
     x_preconditioner: str = "none"
     preconditioner_decay: float = 0.9
     start: str = "equilibrium"
+    x_momentum: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "step_size", as_schedule(self.step_size))
@@ -249,6 +258,8 @@ class JIIO:
         decay = check_positive_float("preconditioner_decay", self.preconditioner_decay)
         if not decay < 1:
             raise ValueError(f"`preconditioner_decay` must be in (0, 1), got {decay!r}.")
+        if not 0 <= check_nonnegative_float("x_momentum", self.x_momentum) < 1:
+            raise ValueError(f"`x_momentum` must be in [0, 1), got {self.x_momentum!r}.")
         if isinstance(self.accept_first, bool) or not isinstance(self.accept_first, int):
             raise ValueError(f"`accept_first` must be an int >= 0, got {self.accept_first!r}.")
         if self.accept_first < 0:
@@ -414,7 +425,7 @@ class _LoopState(NamedTuple):
     status: jax.Array
     traces: jax.Array  # [T, 2]: joint residual and cost of each evaluated point
     sample: jax.Array  # flat [z; x] of the trajectory sample (or [0])
-    scale: jax.Array  # running mean of g_x^2 of the x preconditioner ([nx]; [0] without)
+    carry: XCarry  # state of the opt-in x-step rules (``[0]`` arrays when off)
 
 
 def _select(cfg: JIIO, best: jax.Array, j, s, res, cost, blocks, force) -> jax.Array:
@@ -546,9 +557,9 @@ def solve(
         mu_damping=solver.mu_damping,
         normalize_step=solver.normalize_step,
         normalize_eps=solver.normalize_eps,
-        precondition_decay=(
-            solver.preconditioner_decay if solver.x_preconditioner == "rmsprop" else None
-        ),
+        x_rule=solver.x_preconditioner,
+        precondition_decay=solver.preconditioner_decay,
+        x_momentum=float(solver.x_momentum),
     )
     start_cost = start_fevals = None
     if solver.no_worse_than_start or solver.start == "equilibrium":
@@ -598,7 +609,8 @@ def solve(
         # One augmented-map evaluation at the returned point: its block residuals (not tracked
         # by the fixed-length loop) and, for the guard's fallback, its joint residual.
         step = jnp.maximum(best_stats[_STEP], 0).astype(jnp.int32)
-        _, _, joint, _, blocks = fmap(jax.lax.stop_gradient(best_s), step)
+        point = jax.lax.stop_gradient(best_s)
+        _, _, joint, _, blocks, _ = fmap(point, step, True, fmap.init_carry(point))
         best_stats = best_stats.at[_Z_RES : _X_RES + 1].set(blocks).at[_RES].set(joint)
         best_res = best_stats[_RES]
     return JIIOSolution(
@@ -673,7 +685,7 @@ def _run(cfg: JIIO, fmap: AugmentedMap, s0, constrained: bool, key) -> _LoopStat
         f_s, c, res, f_norm, blocks, v = fmap(s, k, with_blocks, v)
         return f_s - s, f_norm, res, c, (blocks if with_blocks else no_blocks), v
 
-    v0 = fmap.init_scale(s0)
+    v0 = fmap.init_carry(s0)
     g0, f0, res0, c0, blocks0, v0 = evaluate(s0, jnp.asarray(0, jnp.int32), v0)
     inf = jnp.asarray(jnp.inf, dtype)
     best = _pack_best(s0, inf, inf, res0, blocks0, 0)
@@ -689,7 +701,7 @@ def _run(cfg: JIIO, fmap: AugmentedMap, s0, constrained: bool, key) -> _LoopStat
         status=status0,
         traces=jnp.zeros((T, 2), dtype).at[0].set(jnp.stack([res0, c0])),
         sample=s0[:nzx] if key is not None else jnp.zeros((0,), dtype),
-        scale=v0,
+        carry=v0,
     )
 
     def body(st: _LoopState, j) -> _LoopState:
@@ -698,7 +710,7 @@ def _run(cfg: JIIO, fmap: AugmentedMap, s0, constrained: bool, key) -> _LoopStat
         s_new = algo.propose(st.hist, st.s, st.g, j)
         if project:
             s_new = project_x_block(fmap.layout, fmap.projection, s_new)
-        g_new, f_new, res, c, blocks, scale = evaluate(s_new, j, st.scale)
+        g_new, f_new, res, c, blocks, carry = evaluate(s_new, j, st.carry)
         hist = algo.observe(st.hist, st.s, st.g, s_new, g_new, j)
         running = st.status == _RUNNING
         status = jnp.where(running, _status(cfg, j + 1, f_new, res, c, blocks), st.status)
@@ -716,7 +728,7 @@ def _run(cfg: JIIO, fmap: AugmentedMap, s0, constrained: bool, key) -> _LoopStat
             status=status,
             traces=jax.lax.dynamic_update_index_in_dim(st.traces, jnp.stack([res, c]), j, 0),
             sample=sample,
-            scale=scale,
+            carry=carry,
         )
 
     if cfg.tol is None:
