@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
     except TrainingInterrupted as e:
         # One line instead of a traceback: the state is saved and resuming is the fix.
         _exit(str(e), 128 + e.signum)
-    except (ConfigConflictError, CheckpointError) as e:
+    except (ConfigConflictError, CheckpointError, FloatingPointError) as e:
         _exit(f"error: {e}", 1)
     except KeyboardInterrupt:  # Before the loop's handler is installed, or a second Ctrl-C.
         steps = checkpoint_steps(_WORKDIR.value)

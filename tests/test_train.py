@@ -138,13 +138,48 @@ def test_one_device_matches_four(reference, tmp_path):
 def test_nan_loss_stops_before_saving(tmp_path):
     # The loss is NaN from state.step 2 on, i.e. for train step 3; checkpoints every 2 steps.
     config = toy_config(num_train_steps=8, log_every=5, checkpoint_every=2, eval_every=8)
+    config.max_skipped_steps = 0
     config.toy.nan_at_step = 2
-    with pytest.raises(FloatingPointError, match=r"train step 3;.*last good checkpoint: step 2"):
+    with pytest.raises(FloatingPointError, match=r"train step 3 \(1 in a row.*checkpoint: step 2"):
         train_and_evaluate(config, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
     state = load_state(str(tmp_path))
     assert int(state["step"]) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_a_transient_nan_step_is_skipped_and_counted(tmp_path):
+    # Train steps 3 and 4 are NaN; at most 2 in a row may be skipped.
+    config = toy_config(num_train_steps=8, log_every=4, checkpoint_every=2, eval_every=8)
+    config.max_skipped_steps = 2
+    config.toy.update(nan_at_step=2, nan_for=2)
+    final = train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(final["train/loss"]) and np.isfinite(final["eval/psnr"])
+    train = [r for r in _records(str(tmp_path)) if r["split"] == "train"]
+    assert [r.get("skipped_steps") for r in train] == [2.0, None]
+    assert all(np.isfinite(r["loss"]) for r in train)  # means over the finite steps only
+    # A skipped step leaves parameters and optimizer state as they were.
+    step2, step4 = (load_state(str(tmp_path), step=s) for s in (2, 4))
+    for a, b in zip(
+        jax.tree.leaves((step2["params"], step2["opt_state"])),
+        jax.tree.leaves((step4["params"], step4["opt_state"])),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_too_many_nan_steps_in_a_row_stop_the_run(tmp_path):
+    config = toy_config(num_train_steps=8, log_every=8, checkpoint_every=8, eval_every=8)
+    config.max_skipped_steps = 2
+    config.toy.nan_at_step = 2
+    with pytest.raises(FloatingPointError, match=r"train steps 3-5 \(3 in a row"):
+        train_and_evaluate(config, str(tmp_path))
+    # Every step skipped: the run stops once it is over, without pretending it trained.
+    config = toy_config(num_train_steps=3, log_every=3, checkpoint_every=3, eval_every=3)
+    config.max_skipped_steps = 5
+    config.toy.nan_at_step = 0
+    with pytest.raises(FloatingPointError, match=r"Every train step of this run \(1-3\)"):
+        train_and_evaluate(config, str(tmp_path / "all"))
 
 
 @pytest.mark.parametrize(

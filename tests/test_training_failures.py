@@ -55,5 +55,6 @@ def test_with_nan_a_failed_adjoint_stops_training_at_its_step(tmp_path):
         "name": "implicit",
         "solver": {"name": "anderson", "max_steps": 1, "tol": 1e-12},
     }
+    config.max_skipped_steps = 0  # stop at the first non-finite step (default: skip 3)
     with pytest.raises(FloatingPointError, match=r"train step 1\b"):
         train_and_evaluate(config, str(tmp_path))

@@ -2,7 +2,8 @@
 
 Registered as ``"train_test_toy"``; importing this module registers it. Its config section is
 ``config.toy`` (``hidden``: MLP width; ``noise``: std of the input noise drawn from the step
-rng; ``nan_at_step``: make the loss NaN from that step on, -1 = never).
+rng; ``nan_at_step``: make the loss NaN from that step on, -1 = never; ``nan_for``: for that
+many steps only, 0 = for good).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
     config.num_eval_batches = 2
     config.optim.lr = 1e-2
     config.optim.warmup_steps = 1
-    config.toy = ml_collections.ConfigDict({"hidden": 16, "noise": 0.1, "nan_at_step": -1})
+    config.toy = ml_collections.ConfigDict(
+        {"hidden": 16, "noise": 0.1, "nan_at_step": -1, "nan_for": 0}
+    )
     for key, value in overrides.items():
         target = config
         *parents, leaf = key.split(".")
@@ -70,7 +73,9 @@ class ToyTask(Task):
         loss = mse
         nan_at = self.config.toy.nan_at_step
         if nan_at >= 0:
-            loss = loss * jnp.where(step >= nan_at, jnp.nan, 1.0).astype(jnp.float32)
+            nan_for = self.config.toy.nan_for
+            bad = (step >= nan_at) & ((nan_for == 0) | (step < nan_at + nan_for))
+            loss = loss * jnp.where(bad, jnp.nan, 1.0).astype(jnp.float32)
         return loss, {"mse": mse, "solver_steps": jnp.float32(3.0)}
 
     def evaluate(self, params, batch, rng):

@@ -42,6 +42,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_eval_batches = 10  # Eval batches of the test split (fewer if it is smaller).
     config.tensorboard = True  # Also TensorBoard events in <workdir>/tensorboard (if tensorboardX).
     config.num_devices = 0  # 0 = all devices; n = the first n (single-process only).
+    # Up to this many consecutive train steps whose loss or gradient is non-finite (e.g. a rare
+    # failed DEQ solve under model.on_failure="nan") are skipped: parameters, optimizer state
+    # and example cache kept, a warning logged, train/skipped_steps counted; one more stops the
+    # run. 0: stop at the first.
+    config.max_skipped_steps = 3
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adam"  # "adam" | "adamw" | "sgd" (sgd: momentum = b1).

@@ -51,4 +51,10 @@ def validate_config(
                     f"config.{field}={config[field]} must be divisible by the number of "
                     f"{what} ({count})."
                 )
+    skips = config.get("max_skipped_steps", 0)
+    if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
+        raise ValueError(
+            f"config.max_skipped_steps={skips!r} must be an integer >= 0 (0: stop at the first "
+            "non-finite train step)."
+        )
     validate_optim_config(config.optim, config.num_train_steps)

@@ -70,7 +70,10 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, lr_fn: optax.S
 
     The step's rng is ``fold_in(state.rng, state.step)``: it depends on the seed and step only,
     so results do not change with the device count or across a resume. Metrics are the task's
-    scalars plus ``loss``, ``grad_norm`` (before clipping) and ``lr``.
+    scalars plus ``loss``, ``grad_norm`` (before clipping), ``lr`` and ``skipped``: 1 when the
+    loss or a gradient is non-finite, and then the step keeps the parameters and optimizer state
+    (only ``step`` advances), so a rare failed solve cannot poison the state; the loop decides
+    whether to go on (``config.max_skipped_steps``).
     """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -95,11 +98,20 @@ def _apply_gradients(tx, lr_fn, state: TrainState, loss, aux, grads):
             )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step changes nothing but the step count (bit-identical otherwise).
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state),
+        (state.params, state.opt_state),
+    )
     metrics = {
         **aux,
         "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "lr": jnp.asarray(lr_fn(state.step), jnp.float32),
+        "skipped": (~finite).astype(jnp.float32),
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
@@ -124,8 +136,11 @@ def make_cached_train_step(task: Task, tx: optax.GradientTransformation, lr_fn: 
             return task.cached_loss(params, batch, entries, key, state.step)
 
         (loss, (aux, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        cache = jax.tree.map(lambda c, e: c.at[index].set(e.astype(c.dtype)), cache, new)
         state, metrics = _apply_gradients(tx, lr_fn, state, loss, aux, grads)
+        # A skipped step writes its examples' old cache rows back (no change).
+        keep = metrics["skipped"] > 0
+        new = jax.tree.map(lambda e, old: jnp.where(keep, old, e.astype(old.dtype)), new, entries)
+        cache = jax.tree.map(lambda c, e: c.at[index].set(e), cache, new)
         return state, metrics, cache
 
     return train_step
@@ -215,40 +230,72 @@ def _save_loss_curve(workdir: str) -> None:
 class _TrainMetrics:
     """Per-step train metrics, kept on device until fetched with one host sync.
 
-    ``fetch`` also checks every fetched step's loss and gradient norm, so a non-finite update
-    is caught (and named) before the state it produced can be checkpointed.
+    ``fetch`` also checks every fetched step's loss and gradient norm. A non-finite step was
+    skipped by the train step (state unchanged, see :func:`make_train_step`): up to
+    ``max_skipped`` consecutive ones are logged and counted (``skipped_steps`` in the summary);
+    one more raises, before any later state can be checkpointed.
     """
 
-    def __init__(self):
+    def __init__(self, max_skipped: int = 0):
         self._pending: list[tuple[int, dict[str, jax.Array]]] = []
         self._fetched: list[dict[str, float]] = []
+        self._max_skipped = max_skipped
+        self._run: list[int] = []  # the current run of consecutive skipped steps
+        self._skipped = 0  # since the last summary
+        self.finite_steps = 0  # fetched finite steps, in all
 
     def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
         self._pending.append((step, metrics))
 
     def fetch(self, last_saved: int | None) -> None:
-        """Moves pending metrics to host; raises ``FloatingPointError`` on a non-finite step."""
+        """Moves pending metrics to host; raises ``FloatingPointError`` past the allowed run of
+        non-finite steps."""
         if not self._pending:
             return
         host = jax.device_get([m for _, m in self._pending])
-        for (step, _), metrics in zip(self._pending, host, strict=True):
+        pending, self._pending = self._pending, []
+        for (step, _), metrics in zip(pending, host, strict=True):
             metrics = {k: float(v) for k, v in metrics.items()}
+            metrics.pop("skipped", None)
             bad = {k: metrics[k] for k in _CHECKED if not np.isfinite(metrics[k])}
-            if bad:
-                values = ", ".join(f"{k}={v}" for k, v in bad.items())
-                raise FloatingPointError(
-                    f"Non-finite {values} at train step {step}; stopping without saving this "
-                    f"state (last good checkpoint: "
-                    f"{'none' if last_saved is None else f'step {last_saved}'})."
+            if not bad:
+                self._run = []
+                self.finite_steps += 1
+                self._fetched.append(metrics)
+                continue
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            self._run.append(step)
+            if len(self._run) <= self._max_skipped:
+                self._skipped += 1
+                logging.warning(
+                    "Non-finite %s at train step %d: step skipped (parameters and optimizer "
+                    "state unchanged; %d of config.max_skipped_steps=%d in a row).",
+                    values,
+                    step,
+                    len(self._run),
+                    self._max_skipped,
                 )
-            self._fetched.append(metrics)
-        self._pending.clear()
+                continue
+            first = self._run[0]
+            steps = f"train step {step}" if first == step else f"train steps {first}-{step}"
+            raise FloatingPointError(
+                f"Non-finite {values} at {steps} ({len(self._run)} in a row; "
+                f"config.max_skipped_steps={self._max_skipped}); stopping (last checkpoint: "
+                f"{'none' if last_saved is None else f'step {last_saved}'}). Usual fixes: a "
+                "lower config.optim.lr or config.optim.grad_clip_norm; for failed DEQ solves "
+                "more solver steps or a larger config.model.failure_ratio."
+            )
 
     def summary(self) -> dict[str, float]:
-        """Means over the steps fetched since the last summary (``lr``: the latest value)."""
+        """Means over the finite steps fetched since the last summary (``lr``: the latest
+        value), and ``skipped_steps`` when any was skipped."""
         records, self._fetched = self._fetched, []
-        out = {k: float(np.mean([r[k] for r in records])) for k in records[0]}
-        out["lr"] = records[-1]["lr"]
+        skipped, self._skipped = self._skipped, 0
+        out = {k: float(np.mean([r[k] for r in records])) for k in records[0]} if records else {}
+        if records:
+            out["lr"] = records[-1]["lr"]
+        if skipped:
+            out["skipped_steps"] = float(skipped)
         return out
 
 
@@ -497,7 +544,7 @@ def train_and_evaluate(
             # -- Train loop ----------------------------------------------------------------
             logging.info("Training steps %d..%d.", initial_step + 1, num_steps)
             progress = ReportProgress(num_steps, initial_step)
-            train_metrics = _TrainMetrics()
+            train_metrics = _TrainMetrics(config.get("max_skipped_steps", 0))
 
             def save(step: int, force: bool) -> None:
                 # Only a state whose every update was verified finite is saved.
@@ -549,6 +596,13 @@ def train_and_evaluate(
                             save(step, force=True)
                         manager.wait_until_finished()
                         raise TrainingInterrupted(step, stop.signum)
+            if train_metrics.finite_steps == 0:
+                raise FloatingPointError(
+                    f"Every train step of this run ({initial_step + 1}-{num_steps}) was "
+                    "non-finite and skipped: the parameters did not change. Usual fixes: a "
+                    "lower config.optim.lr; for failed DEQ solves more solver steps or a larger "
+                    "config.model.failure_ratio."
+                )
             return final
         finally:
             # Let in-flight (already verified) saves finalize, also when raising.

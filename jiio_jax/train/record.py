@@ -37,6 +37,7 @@ MUTABLE_FIELDS = (
     "keep_checkpoints",
     "tensorboard",
     "num_devices",
+    "max_skipped_steps",
 )
 # Fields an evaluation may set differently from training: how and what it evaluates, not the
 # trained model (e.g. a reconstruction run scored on inpainting; fields under "eval.").
