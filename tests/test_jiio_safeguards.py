@@ -101,7 +101,7 @@ def test_guard_with_tolerance_and_nonfinite_points(params):
 
 def test_guard_fields_validate():
     default = jiio.JIIO(step_size=0.1)
-    assert default.no_worse_than_start is True and default.start == "equilibrium"
+    assert default.no_worse_than_start is True and default.start == "given"
     with pytest.raises(ValueError, match="`no_worse_than_start` must be a bool"):
         jiio.JIIO(step_size=0.1, no_worse_than_start=1)
     with pytest.raises(TypeError, match="`start_solver` must be a solver instance"):
@@ -191,7 +191,7 @@ def test_default_config_is_guarded_against_a_blow_up(params):
 
 
 def test_equilibrium_start_iterates_from_the_start_equilibrium(params):
-    cfg = jiio.JIIO(step_size=0.05, max_steps=10, no_worse_than_start=False)
+    cfg = jiio.JIIO(step_size=0.05, max_steps=10, no_worse_than_start=False, start="equilibrium")
     sol = jax.jit(solve, static_argnums=0)(cfg, params)
     # The first evaluated point is (z*(x0), x0): its cost is the start solve's cost.
     np.testing.assert_allclose(float(sol.cost_trace[0]), float(sol.start_cost), rtol=1e-12)
@@ -212,11 +212,11 @@ def affine_layer(z, x, p):
 @pytest.mark.parametrize(
     "f, rule, max_steps",
     [
-        (layer, {"x_preconditioner": "rmsprop"}, 400),
-        # BB and heavy ball make the map depend on their carry, so Anderson sees a moving map:
-        # on the tanh layer they need 3x the plain rule's 297 steps and the count is sensitive
-        # to rounding (momentum 0.5 diverged; the guard returned the start). The affine
-        # layer's convex reduced problem is the clean check (plain rule: 50 steps).
+        # The rules make the map depend on their carry, so Anderson sees a moving map: on the
+        # tanh layer BB and heavy ball need 3x the plain rule's 297 steps and the count is
+        # sensitive to rounding (momentum 0.5 diverged; the guard returned the start). The
+        # affine layer's convex reduced problem is the clean check (plain rule: 50 steps).
+        (affine_layer, {"x_preconditioner": "rmsprop"}, 400),
         (affine_layer, {"x_preconditioner": "barzilai_borwein"}, 400),
         (affine_layer, {"x_momentum": 0.3}, 1500),
     ],
