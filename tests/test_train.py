@@ -29,6 +29,8 @@ from jiio_jax.train import (
     train_and_evaluate,
 )
 from jiio_jax.train import mesh as mesh_lib
+from jiio_jax.train.loop import make_cached_train_step
+from jiio_jax.train.state import base_key_data, create_train_state
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -318,3 +320,26 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     train_and_evaluate(toy_config(**overrides), uninterrupted)
     _assert_same_params(load_state(killed), load_state(uninterrupted), rtol=1e-6, atol=1e-7)
     assert _records(killed) == _records(uninterrupted)
+
+
+def test_a_skipped_cached_step_keeps_its_cache_rows():
+    """``make_cached_train_step``: a non-finite step writes nothing to the example cache."""
+
+    class CachedToy:
+        def cached_loss(self, params, batch, entries, key, step):
+            loss = jnp.sum((params["w"] * batch["x"] - entries["z"]) ** 2)
+            loss = jnp.where(batch["poison"], jnp.nan, loss)
+            return loss, ({}, {"z": entries["z"] + 1.0})
+
+    tx = optax.sgd(0.1)
+    step_fn = jax.jit(make_cached_train_step(CachedToy(), tx, optax.constant_schedule(0.1)))
+    state = create_train_state({"w": jnp.ones(3)}, tx, base_key_data(0))
+    cache = {"z": jnp.zeros((4, 3))}
+    batch = {"x": jnp.ones((2, 3)), "index": jnp.asarray([1, 3])}
+    state1, metrics, cache1 = step_fn(state, {**batch, "poison": False}, cache)
+    assert float(metrics["skipped"]) == 0.0
+    np.testing.assert_array_equal(cache1["z"][jnp.asarray([1, 3])], 1.0)
+    state2, metrics, cache2 = step_fn(state1, {**batch, "poison": True}, cache1)
+    assert float(metrics["skipped"]) == 1.0 and int(state2.step) == 2
+    np.testing.assert_array_equal(cache2["z"], cache1["z"])
+    np.testing.assert_array_equal(state2.params["w"], state1.params["w"])

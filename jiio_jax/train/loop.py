@@ -100,11 +100,13 @@ def _apply_gradients(tx, lr_fn, state: TrainState, loss, aux, grads):
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step changes nothing but the step count (bit-identical otherwise).
-    params, opt_state = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old),
-        (params, opt_state),
-        (state.params, state.opt_state),
+    # A non-finite step changes nothing but the step count. A cond, not an elementwise select:
+    # XLA fuses a select into the optimizer's update and rounds it differently (the main job's
+    # losses moved in the 4th digit); the cond's branches only pick already computed buffers.
+    params, opt_state = jax.lax.cond(
+        finite,
+        lambda: (params, opt_state),
+        lambda: (state.params, state.opt_state),
     )
     metrics = {
         **aux,
@@ -137,9 +139,10 @@ def make_cached_train_step(task: Task, tx: optax.GradientTransformation, lr_fn: 
 
         (loss, (aux, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         state, metrics = _apply_gradients(tx, lr_fn, state, loss, aux, grads)
-        # A skipped step writes its examples' old cache rows back (no change).
-        keep = metrics["skipped"] > 0
-        new = jax.tree.map(lambda e, old: jnp.where(keep, old, e.astype(old.dtype)), new, entries)
+        # A skipped step writes its examples' old cache rows back (no change; a cond, as in
+        # _apply_gradients).
+        new = jax.tree.map(lambda e, old: e.astype(old.dtype), new, entries)
+        new = jax.lax.cond(metrics["skipped"] > 0, lambda: entries, lambda: new)
         cache = jax.tree.map(lambda c, e: c.at[index].set(e), cache, new)
         return state, metrics, cache
 
