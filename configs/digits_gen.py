@@ -30,8 +30,8 @@ Expected result (measured 2026-12-07 through ``experiments/train.py``; see
 ``experiments/results/generative.md``): held-out reconstruction PSNR 20.2 / 21.6 / 22.26 dB at
 steps 200 / 400 / 600 (all 300 test digits, per image, [0, 1] scale; 22.26 dB also at the
 previous release, so the library changes of this round leave it unchanged); 23.0 dB with
-``--config.num_train_steps=800`` (earlier release). About 6.2 CPU-minutes: 5 min 11 s wall on
-2 cores at load ~3, first step (compile + run) 44 s.
+``--config.num_train_steps=800`` (earlier release). About 6 CPU-minutes: 3 min 50 s wall on 2
+idle cores (5 min 11 s at load ~3), first step (compile + run) 29 s idle, 44 s at load ~3.
 Reconstructions (``images/reconstruction_*.png``: target | reconstruction) are close to the inputs;
 samples (``images/samples_*.png``, a Gaussian fitted to the latents of an eval batch of 100)
 are mostly recognisable but blurrier digits.
