@@ -40,8 +40,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example ``argmax(logits) == label`` as float32 (``[..., K]``, ``[...]`` -> ``[...]``)."""
-    return (jnp.argmax(logits, axis=-1) == labels).astype(F32)
+    """Per-example ``argmax(logits) == label`` as float32 (``[..., K]``, ``[...]`` -> ``[...]``).
+
+    NaN for an example whose logits are not all finite (e.g. a DEQ solve that failed under
+    ``on_failure="nan"``): ``argmax`` would pick the first NaN's class and count a guess.
+    """
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(F32)
+    return jnp.where(jnp.all(jnp.isfinite(logits), axis=-1), correct, jnp.nan)
 
 
 def psnr(pred: jax.Array, target: jax.Array) -> jax.Array:

@@ -39,6 +39,14 @@ def test_accuracy_is_per_example():
     assert batched.shape == (2, 3)
 
 
+def test_accuracy_of_non_finite_logits_is_nan_not_a_guess():
+    # A failed solve's NaN logits: argmax would return class 0 and count a correct guess.
+    logits = jnp.asarray([[jnp.nan, 0.0, 0.0], [0.0, jnp.inf, 0.0], [1.0, 0.0, 0.0]])
+    got = np.asarray(losses.accuracy(logits, jnp.asarray([0, 1, 0])))
+    assert np.isnan(got[0]) and np.isnan(got[1]) and got[2] == 1.0
+    assert got.dtype == np.float32
+
+
 def test_psnr_on_the_unit_scale_with_a_floor():
     target = jnp.zeros((2, 4, 4, 1))
     pred = target.at[0].set(0.2)  # [-1, 1] scale: an error of 0.1 on [0, 1], 20 dB
