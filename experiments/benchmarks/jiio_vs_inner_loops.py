@@ -480,7 +480,7 @@ def _inner_loop_counts(outs) -> dict[str, float]:
 
 def _jiio_fevals(outs) -> float:
     """Mean f evaluations per sample of JIIO: its augmented steps (one f + one VJP each) plus
-    the start solve's f evaluations (``start="equilibrium"`` / the start guard), if any."""
+    the start solve's f evaluations (the start guard / ``start="equilibrium"``), if any."""
     start = [0.0 if o.start_fevals is None else jnp.mean(o.start_fevals) for o in outs]
     return float(np.mean([jnp.mean(o.num_steps) for o in outs]) + np.mean(start))
 
@@ -853,7 +853,8 @@ def report(cfg, recon, attack, mdeq_recon, results) -> str:
         markdown_table(RECON_HEADERS, _recon_rows(recon)),
         "",
         "f evals: JIIO counts one f + one VJP per step plus the f evaluations of its start "
-        "solve (`start='equilibrium'`); Adam counts the forward solver's evaluations; VJPs: "
+        "solve (the start guard's `z*(x0)`, no VJPs); Adam counts the forward solver's "
+        "evaluations; VJPs: "
         "the adjoint solves' evaluations (warm form; the cold `jax.grad` form cannot count "
         "them, a similar number to its forward evaluations).",
         "",
