@@ -48,7 +48,6 @@ from jiio_jax.solvers.core import (
 
 PyTree = Any
 BEST_ITERATE_RULES = ("cost_aware", "residual")
-X_PRECONDITIONERS = X_RULES
 STARTS = ("given", "equilibrium")
 _RUNNING = -1
 
@@ -254,7 +253,7 @@ class JIIO:
         _check_choice("on_failure", self.on_failure, ON_FAILURE)
         if check_positive_float("failure_ratio", self.failure_ratio) < 1:
             raise ValueError(f"`failure_ratio` must be >= 1, got {self.failure_ratio!r}.")
-        _check_choice("x_preconditioner", self.x_preconditioner, X_PRECONDITIONERS)
+        _check_choice("x_preconditioner", self.x_preconditioner, X_RULES)
         _check_choice("start", self.start, STARTS)
         decay = check_positive_float("preconditioner_decay", self.preconditioner_decay)
         if not decay < 1:

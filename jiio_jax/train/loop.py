@@ -55,6 +55,11 @@ from jiio_jax.train.state import TrainState, create_train_state
 
 # Metrics that must be finite for a step's update to be valid.
 _CHECKED = ("loss", "grad_norm")
+# Ends the errors of a run stopped by non-finite train steps.
+_NONFINITE_FIXES = (
+    "Usual fixes: a lower config.optim.lr or config.optim.grad_clip_norm; for failed DEQ solves "
+    "more solver steps or a larger config.model.failure_ratio."
+)
 # The log line's metrics, in this order, when the task has them (metrics.jsonl has all): the
 # loss, each task family's headline metric, then the optimizer's.
 LOG_LINE_METRICS = ("loss", "mse", "acc", "query_acc", "grad_norm", "lr")
@@ -284,9 +289,7 @@ class _TrainMetrics:
             raise FloatingPointError(
                 f"Non-finite {values} at {steps} ({len(self._run)} in a row; "
                 f"config.max_skipped_steps={self._max_skipped}); stopping (last checkpoint: "
-                f"{'none' if last_saved is None else f'step {last_saved}'}). Usual fixes: a "
-                "lower config.optim.lr or config.optim.grad_clip_norm; for failed DEQ solves "
-                "more solver steps or a larger config.model.failure_ratio."
+                f"{'none' if last_saved is None else f'step {last_saved}'}). {_NONFINITE_FIXES}"
             )
 
     def summary(self) -> dict[str, float]:
@@ -602,9 +605,7 @@ def train_and_evaluate(
             if train_metrics.finite_steps == 0:
                 raise FloatingPointError(
                     f"Every train step of this run ({initial_step + 1}-{num_steps}) was "
-                    "non-finite and skipped: the parameters did not change. Usual fixes: a "
-                    "lower config.optim.lr; for failed DEQ solves more solver steps or a larger "
-                    "config.model.failure_ratio."
+                    f"non-finite and skipped: the parameters did not change. {_NONFINITE_FIXES}"
                 )
             return final
         finally:
