@@ -55,7 +55,9 @@ def test_blow_up_returns_the_start_equilibrium(params):
     )
     guarded = jax.jit(solve, static_argnums=0)(BLOW_UP, params)
     start = float(guarded.start_cost)
-    assert np.isfinite(start) and float(reference.cost) > 10 * start  # the reported failure
+    # The reported failure: the rule returns a point worse than the start. (How much worse
+    # depends on rounding at a step of 1e6: 36 to 7e4 across XLA optimisation levels.)
+    assert np.isfinite(start) and float(reference.cost) > start
     assert int(guarded.best_step) == -1
     assert float(guarded.cost) == start and np.isfinite(float(guarded.residual))
     np.testing.assert_array_equal(np.asarray(guarded.x), np.zeros(NX))
