@@ -47,9 +47,11 @@ the idle ones): JIIO-20 0.943 / 0.653 / 0.650 vs PGD-20 0.927 / 0.657 / 0.663, t
 302 s vs 1084 s (3.59x less). The table above is from the code before that change (the
 cross-entropy formula enters the training attack's cost and loss); see ``adversarial.md``.
 
-The default command on the current code, idle machine (2026-12-07): 4m16s including the three
-evaluations; final clean / PGD-20 / JIIO-80 0.933 / 0.663 / 0.657 (CE under attack 0.944 /
-0.946). ``experiments/results/REPORT.md`` has its attack timings.
+The default command on the current code, idle machine (2026-12-07, after the Type-I Anderson
+rewrite of that day, which changes rounding only): 3m00s including the three evaluations; final
+clean / PGD-20 / JIIO-80 0.940 / 0.660 / 0.657 (CE under attack 0.946 / 0.949). Before the
+rewrite: 4m16s, 0.933 / 0.663 / 0.657 (CE 0.944 / 0.946). ``experiments/results/REPORT.md`` has
+its attack timings.
 
 Adversarial training lifts PGD-20 robust accuracy from 0.28 to 0.68 at no clean-accuracy cost;
 JIIO- and PGD-trained models are equally robust. Wall times are dominated by load and

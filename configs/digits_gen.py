@@ -38,10 +38,11 @@ samples (``images/samples_*.png``, a Gaussian fitted to the latents of an eval b
 are mostly recognisable but blurrier digits.
 
 Amortized training (``--config.model.amortize=True``; ``experiments/results/jiio_amortized.md``),
-measured 2026-12-07 at load 9-14: 21.21 dB at step 600 (-1.05 dB) for
-the same CPU time (347.8 vs 349.4 s): the second compiled JIIO program costs what the 10-step
-warm solves save; with ``--config.model.amortize_cold=warm`` (one program) 21.32 dB in 0.71x the
-CPU time. A decoder trained on warm latents is inverted less well from a cold start.
+measured 2026-12-07 on 2 idle cores: 22.06 dB at step 600 (plain 22.75 dB, same seed) for the
+same CPU time (the second compiled JIIO program costs what the 10-step warm solves save); with
+``--config.model.amortize_cold=warm`` (one program) 21.63 / 22.08 / 21.91 dB for seeds 0 / 1 / 2
+(plain 22.75 / 22.54 / 22.85) in 0.67-0.74x the CPU time. A decoder trained on warm latents is
+inverted less well from a cold start.
 """
 
 from jiio_jax.configs import common, generative

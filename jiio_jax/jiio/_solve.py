@@ -44,6 +44,7 @@ from jiio_jax.solvers.core import (
     check_nonnegative_float,
     check_positive_float,
     check_positive_int,
+    lift_consts,
 )
 
 PyTree = Any
@@ -482,7 +483,10 @@ def solve(
     returned ``x`` lie in ``S``. No host syncs: with ``solver.tol=None`` (the reference) the
     loop is a fixed-length ``lax.fori_loop`` of ``max_steps`` evaluations (a problem that turns
     non-finite is reported at the step it did); with a tolerance it is a ``lax.while_loop`` that
-    stops once every block residual meets it (or on a non-finite value).
+    stops once every block residual meets it (or on a non-finite value). Under ``jax.vmap`` the
+    tolerance loop runs the batch in lockstep until its last problem stops (a custom batching
+    rule, as the solvers'): vmap's generic rule would select the whole carry, Anderson history
+    included, on every step.
 
     **Gradients.** ``z`` is differentiable w.r.t. ``args`` (and arrays ``f``/``cost`` close
     over) through ``jiio_jax.deq.fixed_point`` at ``(z*, x*)`` with ``x*`` and ``mu*`` held
@@ -716,9 +720,15 @@ def _run(cfg: JIIO, fmap: AugmentedMap, s0, constrained: bool, key) -> _LoopStat
         status = jnp.where(running, _status(cfg, j + 1, f_new, res, c, blocks), st.status)
         converged = running & (status == Status.CONVERGED)
         best = _select(cfg, st.best, j, s_new, res, c, blocks, converged)
+        take_sample = j <= sample_step if key is not None else None
+        if cfg.tol is not None:
+            # The lockstep loop (``_while``) keeps evaluating a finished problem: nothing it
+            # returns may change after that (the trace is cut at ``k`` by ``solve``).
+            best = jnp.where(running, best, st.best)
+            take_sample = take_sample & running if key is not None else None
         sample = st.sample
         if key is not None:
-            sample = jnp.where(j <= sample_step, s_new[:nzx], st.sample)
+            sample = jnp.where(take_sample, s_new[:nzx], st.sample)
         return _LoopState(
             k=jnp.where(running, j + 1, st.k),
             s=s_new,
@@ -737,4 +747,45 @@ def _run(cfg: JIIO, fmap: AugmentedMap, s0, constrained: bool, key) -> _LoopStat
         # Anderson history) every step, which cost as much as f + vjp itself at batch 64.
         # A problem that turns non-finite keeps iterating on NaNs; _select never accepts them.
         return jax.lax.fori_loop(1, T, lambda j, st: body(st, j), state)
-    return jax.lax.while_loop(lambda st: st.status == _RUNNING, lambda st: body(st, st.k), state)
+    return _while(body, state)
+
+
+def _while(body: Callable, state: _LoopState) -> _LoopState:
+    """Iterates ``body(state, j)`` until the problem is no longer running.
+
+    One problem: a ``lax.while_loop`` with ``j = state.k``. Under ``jax.vmap`` a custom batching
+    rule runs the whole batch in one lockstep loop over a shared ``j`` until every problem is
+    done, with ``body`` vmapped; a finished problem keeps computing but its returned fields are
+    frozen by ``body`` (its ``k``, status, best point and trajectory sample). vmap's generic
+    ``while_loop`` rule would instead select every carried buffer, the ``[m, n]`` Anderson
+    history included, on every step. The solvers batch their loop the same way
+    (``jiio_jax.solvers.core.run``).
+    """
+    body_explicit, consts, _ = lift_consts(body, state, state.k)
+
+    @jax.custom_batching.custom_vmap
+    def loop(state, consts):
+        running = lambda st: st.status == _RUNNING
+        return jax.lax.while_loop(running, lambda st: body_explicit(consts, st, st.k), state)
+
+    @loop.def_vmap
+    def loop_batched(axis_size, in_batched, state, consts):
+        state_batched, consts_batched = in_batched
+        state = jax.tree.map(
+            lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)),
+            state,
+            state_batched,
+        )
+        axes = [0 if b else None for b in consts_batched]
+        step = jax.vmap(body_explicit, in_axes=(axes, 0, None))
+
+        def advance(carry):
+            j, st = carry
+            return j + 1, step(consts, st, j)
+
+        any_running = lambda carry: jnp.any(carry[1].status == _RUNNING)
+        j0 = jnp.asarray(1, jnp.int32)
+        _, state = jax.lax.while_loop(any_running, advance, (j0, state))
+        return state, jax.tree.map(lambda _: True, state)
+
+    return loop(state, consts)

@@ -65,6 +65,7 @@ __all__ = [
     "check_solver",
     "check_stop_mode",
     "functional_form",
+    "lift_consts",
     "resolution",
     "run",
     "solver_config",
@@ -554,30 +555,42 @@ def functional_form(config: type, name: str) -> Callable[..., Solution]:
     return solve
 
 
-def _explicit_closure(fn: Callable, z0: PyTree):
-    """Rewrites ``fn(z)`` as ``fn_explicit(z, consts)`` with every captured array explicit.
+def lift_consts(fn: Callable, *example_args: PyTree):
+    """Rewrites ``fn(*args)`` as ``fn_explicit(consts, *args)`` with every captured array explicit.
 
-    A custom batching rule only sees its explicit arguments, so arrays ``fn`` closes over
-    (weights, the per-sample input under ``vmap``...) are lifted out of its jaxpr.
+    A custom batching rule (``jax.custom_batching.custom_vmap``) only sees its explicit
+    arguments, so arrays ``fn`` closes over (weights, the per-sample input under ``vmap``...)
+    are lifted out of its jaxpr. ``fn`` is traced once, at ``example_args``.
+
+    Returns:
+      ``(fn_explicit, consts, out_shapes)``: ``consts`` a list of arrays (possibly tracers of
+      an enclosing transformation), ``out_shapes`` the ``jax.ShapeDtypeStruct`` pytree of
+      ``fn``'s output.
     """
-    if not callable(fn):
-        raise TypeError(f"`fn` must be callable, got {type(fn).__name__}.")
-    leaves, treedef = jax.tree.flatten(z0)
+    leaves, treedef = jax.tree.flatten(example_args)
 
     def flat(*ls):
-        return fn(jax.tree.unflatten(treedef, list(ls)))
+        return fn(*jax.tree.unflatten(treedef, list(ls)))
 
-    # One trace gives both the jaxpr and the output shapes used to validate fn.
     closed, out_shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
-    check_output_shapes(out_shapes, z0)
-    jaxpr = closed.jaxpr
+    jaxpr, out_tree = closed.jaxpr, jax.tree.structure(out_shapes)
 
-    def fn_explicit(z, consts):
+    def fn_explicit(consts, *args):
         closed_jaxpr = jex_core.ClosedJaxpr(jaxpr, list(consts))
-        out = jex_core.jaxpr_as_fun(closed_jaxpr)(*jax.tree.leaves(z))
-        return jax.tree.unflatten(treedef, out)
+        out = jex_core.jaxpr_as_fun(closed_jaxpr)(*jax.tree.leaves(args))
+        return jax.tree.unflatten(out_tree, out)
 
-    return fn_explicit, list(closed.consts)
+    return fn_explicit, list(closed.consts), out_shapes
+
+
+def _explicit_closure(fn: Callable, z0: PyTree):
+    """``fn(z)`` as ``fn_explicit(z, consts)`` (``lift_consts``), validated against ``z0``."""
+    if not callable(fn):
+        raise TypeError(f"`fn` must be callable, got {type(fn).__name__}.")
+    # One trace gives both the jaxpr and the output shapes used to validate fn.
+    explicit, consts, out_shapes = lift_consts(fn, z0)
+    check_output_shapes(out_shapes, z0)
+    return (lambda z, consts_: explicit(consts_, z)), consts
 
 
 def _batchable_solve(algo, fn_explicit, opts: _Options):
