@@ -34,11 +34,14 @@ Launch::
       --task=meta --num_examples=600 --batch_size=50
   # smoke run (one-branch 4-channel MDEQ, 3-way, 2 steps): --config=configs/digits_meta.py:small
 
-Current code (2026-12-07; failure ratio 1e4, the default): the first command took 7.6 minutes
-on 2 CPU cores shared with one benchmark, skipped 1 of its 300 train steps (a failed adjoint
-solve; ``config.max_skipped_steps``) and scores, on 600 meta-test episodes, 44.4 +- 1.5% with
-JIIO and 44.9 +- 1.4% with projected Adam; at equal support loss JIIO-60 takes 1/3.3 of
-projected Adam's inner-loop time (idle, ``--task=timing``). The table below is older.
+Final code of 2026-12-07 (idle machine): the first command takes 3m49s and skipped no step; on
+600 meta-test episodes JIIO scores 43.9 +- 1.4% and projected Adam 47.2 +- 1.5% (their intervals
+do not overlap); with ``--config.seed=1`` (4m53s) 43.6 +- 1.3% and 44.7 +- 1.5% (they overlap).
+Projected Adam's inner loop takes 4.1x JIIO-60's time; at equal support loss
+(``--task=timing``) JIIO needs 80 steps, 1/3.3 of projected Adam's time. Earlier the same day,
+before a rounding-level change to Type-I Anderson: 7.6 minutes on a shared machine, 1 step
+skipped (a failed adjoint solve; ``config.max_skipped_steps``), 44.4 +- 1.5% (JIIO) and
+44.9 +- 1.4% (projected Adam), JIIO-60 at 1/3.3 of projected Adam's time. The table below is older.
 
 Expected result (measured 2026-11-23 on 2 CPU cores shared with other jobs, load average 5-7;
 expect shorter times on an idle machine). Training with JIIO: 300 steps at 0.63-0.66 steps/s,
