@@ -34,7 +34,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jiio_vs_inner_loops as bench  # noqa: E402
-from common import interleaved_medians, machine_description, markdown_table  # noqa: E402
+from common import (  # noqa: E402
+    interleaved_medians,
+    load_results,
+    machine_description,
+    markdown_table,
+    save_results,
+)
 
 from jiio_jax import jiio  # noqa: E402
 
@@ -66,20 +72,6 @@ class IdeasConfig:
     @classmethod
     def quick(cls) -> IdeasConfig:
         return cls(bench=bench.BenchConfig.quick(), steps=(3,), time_steps=3, repeats=1)
-
-
-def train_decoder(cfg: bench.BenchConfig, images, train_idx, seed: int):
-    return bench.train_generator(
-        cfg,
-        bench.dense_problem(cfg),
-        bench.init_dense_deq(jax.random.key(seed), cfg.hidden, cfg.latent, 64),
-        jnp.asarray(2 * images - 1),
-        train_idx,
-        np.random.default_rng(seed),
-        batch=cfg.batch,
-        steps=cfg.train_steps,
-        post=lambda p: dict(p, W=bench.spectral_rescale(p["W"])),
-    )
 
 
 def measure_decoder(cfg: IdeasConfig, params, batches) -> dict:
@@ -151,7 +143,8 @@ def measure(cfg: IdeasConfig, command: str) -> dict:
         ("trained (seed 0)", cfg.bench.seed),
         ("held back (seed 7)", HELD_BACK_SEED),
     ):
-        params, loss = train_decoder(cfg.bench, images, train_idx, seed)
+        rng = np.random.default_rng(seed)
+        params, loss = bench.train_dense_decoder(cfg.bench, images, train_idx, rng, seed)
         print(f"{label}: decoder trained, final train loss {loss:.3f}", flush=True)
         decoders[label] = {"train_loss": loss, **measure_decoder(cfg, params, batches)}
     return {
@@ -217,15 +210,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     path = os.path.join(args.out, "jiio_ideas.json")
     if args.report_only:
-        with open(path) as f:
-            results = json.load(f)
+        results = load_results(path)
     else:
         cfg = IdeasConfig.quick() if args.quick else IdeasConfig()
         command = "python experiments/benchmarks/jiio_ideas.py" + (" --quick" if args.quick else "")
-        results = json.loads(json.dumps(measure(cfg, command)))  # int keys -> str, as on disk
-        os.makedirs(args.out, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(results, f, indent=1)
+        results = save_results(path, measure(cfg, command))  # int keys -> str, as on disk
     table = report(results)
     with open(os.path.join(args.out, "jiio_ideas_table.md"), "w") as f:
         f.write(table)

@@ -259,6 +259,23 @@ def train_generator(
     return params, float(value)
 
 
+def train_dense_decoder(cfg: BenchConfig, images, train_idx, rng, seed: int):
+    """Section (a)'s decoder: ``train_generator`` on the digits from ``init_dense_deq`` at
+    ``seed``, batches drawn from ``rng``, ``||W||_2`` re-projected to 0.9 after every step.
+    Returns ``(params, final train loss)``."""
+    return train_generator(
+        cfg,
+        dense_problem(cfg),
+        init_dense_deq(jax.random.key(seed), cfg.hidden, cfg.latent, 64),
+        jnp.asarray(2 * images - 1),
+        train_idx,
+        rng,
+        batch=cfg.batch,
+        steps=cfg.train_steps,
+        post=lambda p: dict(p, W=spectral_rescale(p["W"])),
+    )
+
+
 def dense_problem(cfg: BenchConfig) -> Recon:
     return Recon(
         decoder_layer,
@@ -1016,17 +1033,7 @@ def measure(cfg: BenchConfig, command: str) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     images, labels, train_idx, test_idx = load_data(cfg.seed)
     dense = dense_problem(cfg)
-    decoder, decoder_loss = train_generator(
-        cfg,
-        dense,
-        init_dense_deq(jax.random.key(cfg.seed), cfg.hidden, cfg.latent, 64),
-        jnp.asarray(2 * images - 1),
-        train_idx,
-        rng,
-        batch=cfg.batch,
-        steps=cfg.train_steps,
-        post=lambda p: dict(p, W=spectral_rescale(p["W"])),
-    )
+    decoder, decoder_loss = train_dense_decoder(cfg, images, train_idx, rng, cfg.seed)
     classifier, classifier_loss = train_classifier(cfg, images, labels, train_idx, rng)
     n_eval = cfg.eval_batches * cfg.batch
     held_out = test_idx[:n_eval].reshape(cfg.eval_batches, cfg.batch)

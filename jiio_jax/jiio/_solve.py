@@ -40,6 +40,7 @@ from jiio_jax.solvers import resolve as resolve_solver
 from jiio_jax.solvers.core import (
     Status,
     as_state,
+    broadcast_unbatched,
     check_fn_output,
     check_nonnegative_float,
     check_positive_float,
@@ -720,15 +721,15 @@ def _run(cfg: JIIO, fmap: AugmentedMap, s0, constrained: bool, key) -> _LoopStat
         status = jnp.where(running, _status(cfg, j + 1, f_new, res, c, blocks), st.status)
         converged = running & (status == Status.CONVERGED)
         best = _select(cfg, st.best, j, s_new, res, c, blocks, converged)
-        take_sample = j <= sample_step if key is not None else None
-        if cfg.tol is not None:
-            # The lockstep loop (``_while``) keeps evaluating a finished problem: nothing it
-            # returns may change after that (the trace is cut at ``k`` by ``solve``).
+        # The lockstep loop (``_while``) keeps evaluating a finished problem: nothing it
+        # returns may change after that (the trace is cut at ``k`` by ``solve``).
+        lockstep = cfg.tol is not None
+        if lockstep:
             best = jnp.where(running, best, st.best)
-            take_sample = take_sample & running if key is not None else None
         sample = st.sample
         if key is not None:
-            sample = jnp.where(take_sample, s_new[:nzx], st.sample)
+            take = (j <= sample_step) & running if lockstep else j <= sample_step
+            sample = jnp.where(take, s_new[:nzx], st.sample)
         return _LoopState(
             k=jnp.where(running, j + 1, st.k),
             s=s_new,
@@ -771,11 +772,7 @@ def _while(body: Callable, state: _LoopState) -> _LoopState:
     @loop.def_vmap
     def loop_batched(axis_size, in_batched, state, consts):
         state_batched, consts_batched = in_batched
-        state = jax.tree.map(
-            lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)),
-            state,
-            state_batched,
-        )
+        state = broadcast_unbatched(axis_size, state, state_batched)
         axes = [0 if b else None for b in consts_batched]
         step = jax.vmap(body_explicit, in_axes=(axes, 0, None))
 

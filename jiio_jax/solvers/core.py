@@ -54,6 +54,7 @@ __all__ = [
     "Status",
     "accumulation_dtype",
     "as_state",
+    "broadcast_unbatched",
     "check_callable_instance",
     "check_common",
     "check_fn_output",
@@ -583,6 +584,15 @@ def lift_consts(fn: Callable, *example_args: PyTree):
     return fn_explicit, list(closed.consts), out_shapes
 
 
+def broadcast_unbatched(axis_size: int, tree: PyTree, batched: PyTree) -> PyTree:
+    """``tree`` with every leaf batched along a leading axis of ``axis_size``: the leaves that
+    ``batched`` (a custom batching rule's ``in_batched`` for ``tree``) marks False are
+    broadcast, the others kept."""
+    return jax.tree.map(
+        lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)), tree, batched
+    )
+
+
 def _explicit_closure(fn: Callable, z0: PyTree):
     """``fn(z)`` as ``fn_explicit(z, consts)`` (``lift_consts``), validated against ``z0``."""
     if not callable(fn):
@@ -601,9 +611,7 @@ def _batchable_solve(algo, fn_explicit, opts: _Options):
     @solve.def_vmap
     def solve_batched(axis_size, in_batched, z0, consts):
         z_batched, consts_batched = in_batched
-        z0 = jax.tree.map(
-            lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)), z0, z_batched
-        )
+        z0 = broadcast_unbatched(axis_size, z0, z_batched)
         axes = [0 if b else None for b in consts_batched]
         fn_b = lambda zb: jax.vmap(fn_explicit, in_axes=(0, axes))(zb, consts)
         sol = _drive(algo, fn_b, z0, opts, unroll=False)
