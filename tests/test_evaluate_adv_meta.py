@@ -203,6 +203,7 @@ def test_cli_attack(adv_run, tmp_path):
 # -- meta and meta timing -----------------------------------------------------------------------
 def test_meta_and_meta_timing(meta_run, tmp_path):
     config = load_config("digits_meta")
+    config.eval.jiio_steps = 5  # meta-testing's budget, not training's (8)
     out = str(tmp_path / "eval")
     options = EvalOptions(output_dir=out, num_examples=8)
     res = run_evaluation("meta", config, meta_run, options)
@@ -215,6 +216,8 @@ def test_meta_and_meta_timing(meta_run, tmp_path):
         assert row["query_acc_ci95"] > 0
         assert row["inner_seconds_per_batch"] > 0
         assert isinstance(row["overlaps_jiio_ci"], bool)
+    assert methods["jiio"]["inner_steps"] == 5
+    assert methods["projected_adam"]["inner_steps"] == config.model.adam.num_steps
     assert methods["jiio"]["time_ratio_vs_jiio"] == 1.0
     assert methods["jiio"]["overlaps_jiio_ci"] is True
     adam = methods["projected_adam"]

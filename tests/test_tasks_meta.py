@@ -7,6 +7,7 @@ the loss and gradient of both inner solvers are finite (the loop raises otherwis
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -143,6 +144,7 @@ def test_omniglot_layout_split_resize_and_rotations(tmp_path):
         ({"model.eval_methods": ("jiio", "lbfgs")}, ValueError, r"eval_methods\[1\]"),
         ({"model.mdeq.meta_pool": 8}, ValueError, r"config\.model\.mdeq\.meta_pool=8"),
         ({"model.jiio.max_steps": 0}, ValueError, r"config\.model\.jiio: `max_steps`"),
+        ({"eval.jiio_steps": 0}, ValueError, r"config\.eval\.jiio_steps=0 must be an int >= 1"),
         ({"data.name": "omniglot", "data.path": "/no/such"}, FileNotFoundError, r"data\.path"),
     ],
 )
@@ -155,6 +157,22 @@ def test_bad_config_names_the_field(change, error, match):
             target = target[part]
         target[field] = value
     with pytest.raises(error, match=match):
+        get_task("meta")(config)
+
+
+def test_meta_test_budget_comes_from_config_eval():
+    """``config.eval.jiio_steps`` changes only ``max_steps`` of the meta-test JIIO; absent (a run
+    recorded before the field existed) or ``None``, meta-testing uses training's JIIO."""
+    task = get_task("meta")(load_config("digits_meta"))
+    assert (task.jiio.max_steps, task.eval_jiio.max_steps) == (60, 80)
+    assert dataclasses.replace(task.eval_jiio, max_steps=60) == task.jiio
+    small = get_task("meta")(load_config("digits_meta", "small"))
+    assert small.eval_jiio == small.jiio
+    config = load_config("digits_meta")
+    del config["eval"]
+    assert get_task("meta")(config).eval_jiio == task.jiio
+    config.eval = {"jiio_step": 80}
+    with pytest.raises(ValueError, match=r"config\.eval has unknown fields \['jiio_step'\]"):
         get_task("meta")(config)
 
 
@@ -176,6 +194,7 @@ def test_small_config_trains_two_steps(tmp_path, name, method):
         config.model.context_l2 = 0.0
         config.model.jiio.update(max_steps=16, step_size=0.3)
         config.model.eval_methods = ("jiio",)
+        config.eval.jiio_steps = 20  # meta-testing's budget (config.eval), not training's
     else:
         write_omniglot(tmp_path / "omniglot")
         config.data.update(path=str(tmp_path / "omniglot"), num_train_characters=3)
@@ -188,6 +207,8 @@ def test_small_config_trains_two_steps(tmp_path, name, method):
     assert (final["train/jac_loss"] > 0) == (config.model.jac_weight > 0)
     inner_steps = config.model.jiio.max_steps if method == "jiio" else config.model.adam.num_steps
     assert final["train/inner_steps"] == inner_steps
+    if name == "digits_meta":
+        assert final["eval/inner_steps_jiio"] == 20
     for m in config.model.eval_methods:
         assert 0.0 <= final[f"eval/query_acc_{m}"] <= 1.0
         assert np.isfinite(final[f"eval/query_loss_{m}"])

@@ -10,7 +10,6 @@ Library sections (``jiio``, ``forward``, ``backward``) splat into the library
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any
 
 import ml_collections
@@ -251,15 +250,10 @@ def _read_eval(
     jiio: JIIO,
 ) -> tuple[float, PGDSettings, JIIO]:
     """``config.eval`` (absent fields: ``default_eval_config``; ``None``: the training value)."""
-    defaults = default_eval_config()
-    given = config.get("eval") or {}
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"config.eval has unknown fields {unknown}; known: {sorted(defaults)}.")
-    ev = {k: given[k] if k in given else defaults[k] for k in defaults}
+    ev = common.eval_section(config, default_eval_config())
     eval_epsilon = epsilon
     if ev["epsilon"] is not None:
-        eval_epsilon = _eval_float("epsilon", ev["epsilon"])
+        eval_epsilon = common.check_eval_float("epsilon", ev["epsilon"])
     pgd_size = pgd.step_size if ev["pgd_step_size"] is None else ev["pgd_step_size"]
     section = ml_collections.ConfigDict(
         {"steps": ev["pgd_steps"], "step_size": pgd_size, "random_start": ev["pgd_random_start"]}
@@ -270,23 +264,10 @@ def _read_eval(
         raise ValueError(str(err).replace("config.model.pgd.", "config.eval.pgd_")) from err
     changes = {}
     if ev["jiio_steps"] is not None:
-        changes["max_steps"] = _eval_int("jiio_steps", ev["jiio_steps"])
+        changes["max_steps"] = common.check_eval_int("jiio_steps", ev["jiio_steps"])
     if ev["jiio_step_size"] is not None:
-        changes["step_size"] = _eval_float("jiio_step_size", ev["jiio_step_size"])
+        changes["step_size"] = common.check_eval_float("jiio_step_size", ev["jiio_step_size"])
     return eval_epsilon, eval_pgd, dataclasses.replace(jiio, **changes)
-
-
-def _eval_float(field: str, value: Any) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (ok and 0 < value < float("inf")):
-        raise ValueError(f"config.eval.{field}={value!r} must be a finite float > 0.")
-    return float(value)
-
-
-def _eval_int(field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"config.eval.{field}={value!r} must be an int >= 1.")
-    return int(value)
 
 
 def experiment_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

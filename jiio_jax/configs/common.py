@@ -274,6 +274,33 @@ def check_bool(field: str, value: Any) -> bool:
     return value
 
 
+def eval_section(
+    config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """``config.eval`` with ``defaults`` for its absent fields (a run recorded before a field
+    existed keeps working); an unknown field is an error naming the known ones."""
+    given = config.get("eval") or {}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"config.eval has unknown fields {unknown}; known: {sorted(defaults)}.")
+    return {k: given[k] if k in given else defaults[k] for k in defaults}
+
+
+def check_eval_int(field: str, value: Any) -> int:
+    """``config.eval.<field>``: an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"config.eval.{field}={value!r} must be an int >= 1.")
+    return int(value)
+
+
+def check_eval_float(field: str, value: Any) -> float:
+    """``config.eval.<field>``: a finite float > 0."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (ok and 0 < value < float("inf")):
+        raise ValueError(f"config.eval.{field}={value!r} must be a finite float > 0.")
+    return float(value)
+
+
 def data_image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     """``(data.image_size, data.image_size, data.channels)``, checked."""
     image_shape = []

@@ -12,19 +12,23 @@ import dataclasses
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 from jiio_jax.configs.common import (
     SMALL_MDEQ,
     build_arch,
     check_choice,
+    check_eval_int,
     check_float,
     check_int,
     deq_model_sections,
+    eval_section,
     make_small_loop,
     override_arch,
     solver,
 )
 from jiio_jax.configs.common import experiment_config as base_experiment_config
+from jiio_jax.jiio import JIIO
 from jiio_jax.models.configs import MDEQConfig
 
 METHODS = ("jiio", "projected_adam")
@@ -87,6 +91,26 @@ def default_model_config() -> ml_collections.ConfigDict:
             "jac_probes": 2,
         }
     )
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """``config.eval``: the inner solve of meta-testing (``None`` = the training value).
+
+    Fields:
+      jiio_steps: ``T`` of the JIIO inner solve when meta-testing (``Task.evaluate``, in the
+        loop and in ``experiments/evaluate.py --task=meta``); ``None``: ``model.jiio.max_steps``.
+        The step-size schedule follows ``T`` (``final_step_size`` from step
+        ``max(50, 5 T / 8)``, the reference's rule).
+    """
+    return ml_collections.ConfigDict({"jiio_steps": config_dict.placeholder(int)})
+
+
+def eval_jiio(config: ml_collections.ConfigDict, trained: JIIO) -> JIIO:
+    """The meta-test JIIO: ``trained`` (``model.jiio``) with ``config.eval``'s changes."""
+    ev = eval_section(config, default_eval_config())
+    if ev["jiio_steps"] is None:
+        return trained
+    return dataclasses.replace(trained, max_steps=check_eval_int("jiio_steps", ev["jiio_steps"]))
 
 
 def check_methods(value: Any) -> tuple[str, ...]:
@@ -166,8 +190,10 @@ def episode_data_config(**fields: Any) -> ml_collections.ConfigDict:
 def experiment_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A full ``meta`` experiment config: the loop's fields (``get_base_config``), ``data``, the
     model defaults (``default_model_config``) and the reference optimiser (Adam 1e-3, cosine
-    decay, no clipping or weight decay)."""
-    return base_experiment_config("meta", data, default_model_config())
+    decay, no clipping or weight decay) and ``config.eval`` (``default_eval_config``)."""
+    config = base_experiment_config("meta", data, default_model_config())
+    config.eval = default_eval_config()
+    return config
 
 
 def make_small(config: ml_collections.ConfigDict) -> None:
@@ -179,6 +205,7 @@ def make_small(config: ml_collections.ConfigDict) -> None:
     m = config.model
     override_arch(m, **SMALL_MDEQ, context_dim=4, stem_convs=1, meta_pool=4)
     m.jiio.update(max_steps=8, memory=3, final_step_size=None)
+    config.eval.jiio_steps = None  # meta-test at the training budget
     m.adam.num_steps = 3
     m.adam.solver.update(max_steps=4, memory=4)
     m.forward.update(max_steps=6, memory=6)

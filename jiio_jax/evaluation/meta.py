@@ -3,7 +3,8 @@
 ``meta(config, params, options)`` (``experiments/evaluate.py --task=meta``) wraps
 :func:`meta_test` (held-out meta-test classes, each episode used once, the timed region the
 batched inner solve with one device sync per batch, compilation excluded) with ``options.methods``
-(default ``config.model.eval_methods``), ``options.num_examples`` episodes (default
+(default ``config.model.eval_methods``; JIIO at ``config.eval.jiio_steps``, by default the
+training budget), ``options.num_examples`` episodes (default
 ``config.data.num_test_episodes``; rounded down to a multiple of the batch size) and
 ``options.batch_size`` (default ``config.eval_batch_size``), and adds per method:
 
@@ -134,7 +135,7 @@ def meta_test(
 
     results = {}
     for method in methods:
-        adapt = jax.jit(functools.partial(task.adapt, method=method))
+        adapt = jax.jit(functools.partial(task.adapt, method=method, solver=task.eval_jiio))
         s_img, s_lab, _, _ = task.split_batch(batches[0])
         jax.block_until_ready(adapt(params, s_img, s_lab))  # Compile, untimed.
         seconds, per_episode = [], []

@@ -34,7 +34,8 @@ Unlike the reference (§7.12), the trajectory penalty pairs each sampled ``(z_t,
 own episode's support injections.
 
 **Evaluation** (no dropout, no penalty: the model has no train-only layers) adapts ``v`` on the
-support set with each of ``model.eval_methods`` and reports per-episode query accuracy and loss,
+support set with each of ``model.eval_methods`` (JIIO at ``config.eval.jiio_steps``, by
+default the training budget) and reports per-episode query accuracy and loss,
 support loss and inner steps, suffixed by the method (``query_acc_jiio``,
 ``query_acc_projected_adam``, ...), and the same model without adaptation (``v = 0``:
 ``query_acc_unadapted``, chance level for a learner that relies on its context, and
@@ -59,6 +60,7 @@ from jiio_jax.configs.meta import (
     check_float,
     check_int,
     check_methods,
+    eval_jiio,
 )
 from jiio_jax.data.episodes import (
     EpisodeInfo,
@@ -127,6 +129,7 @@ class MetaTask(Task):
         self.jiio = cc.splat(
             "model.jiio", jiio.JIIO, m.jiio, backward=backward, **cc.failure_policy(m)
         )
+        self.eval_jiio = eval_jiio(config, self.jiio)  # meta-testing's (config.eval)
         self.adam = build_adam(m.adam)
         self.num_support = self.data.n_way * self.data.k_shot
         # Builds the class pools now, so a split too small for n_way fails at construction.
@@ -187,6 +190,7 @@ class MetaTask(Task):
         labels: jax.Array,
         method: str,
         keys: jax.Array | None = None,
+        solver: jiio.JIIO | None = None,
     ) -> InnerResult:
         """Adapts a context to each episode's support set (episodes vmapped).
 
@@ -197,13 +201,15 @@ class MetaTask(Task):
           method: "jiio" or "projected_adam".
           keys: ``[B]`` PRNG keys; if given, ``trajectory`` holds a point per episode for the
             Jacobian penalty.
+          solver: the JIIO of ``method="jiio"``; default ``self.jiio`` (training's;
+            meta-testing passes ``self.eval_jiio``).
 
         Returns:
           An ``InnerResult`` with a leading episode axis ``B``.
         """
 
         def one(im, lab, key):
-            return self._adapt_one(params, im, lab, method, key)
+            return self._adapt_one(params, im, lab, method, key, solver or self.jiio)
 
         return jax.vmap(one)(images.astype(F32), labels, keys)
 
@@ -227,13 +233,13 @@ class MetaTask(Task):
         args = (stems, p["injection"], p["cell"], p["head"], labels)
         return InnerProblem(self.support_map, self.support_cost, z0, v0, args, None)
 
-    def _adapt_one(self, params, images, labels, method, key) -> InnerResult:
+    def _adapt_one(self, params, images, labels, method, key, solver) -> InnerResult:
         problem = self.inner_problem(params, {"image": images, "label": labels})
         head = problem.args[3]
         if method == "jiio":
             sol = jiio.solve(
                 problem.f, problem.cost, problem.z0, problem.x0, *problem.args,
-                solver=self.jiio, trajectory_key=key,
+                solver=solver, trajectory_key=key,
             )  # fmt: skip
             steps = fevals = sol.num_steps
             trajectory = sol.trajectory_sample
@@ -392,7 +398,10 @@ class MetaTask(Task):
         del rng
         s_img, s_lab, q_img, q_lab = self.split_batch(batch)
         b, s = s_lab.shape
-        inners = [self.adapt(params, s_img, s_lab, method) for method in self.eval_methods]
+        inners = [
+            self.adapt(params, s_img, s_lab, method, solver=self.eval_jiio)
+            for method in self.eval_methods
+        ]
         # Every context (one per method, and v = 0) in ONE batched solve over all images, so
         # the query solver and head are traced and compiled once, not once per method.
         contexts = [inner.context for inner in inners] + [jnp.zeros_like(inners[0].context)]
