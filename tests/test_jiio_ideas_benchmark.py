@@ -38,13 +38,16 @@ def test_quick_run_measures_every_variant_on_both_decoders(ideas, tmp_path):
     results = json.loads((tmp_path / "jiio_ideas.json").read_text())
     assert len(results["decoders"]) == 2
     for decoder in results["decoders"].values():
-        assert set(decoder["costs"]) == set(ideas.VARIANTS)
+        rows = set(ideas.VARIANTS) | set(ideas.QUASI_NEWTON)
+        assert set(decoder["costs"]) == rows
         for costs in decoder["costs"].values():
             assert all(np.isfinite(c) and c >= 0 for c in costs.values())
-        assert set(decoder["time_ms"]) == set(ideas.VARIANTS)
+        assert set(decoder["time_ms"]) == rows | {"cold Adam-40"}
+        assert all(ms > 0 for ms in decoder["time_ms"].values())
         assert np.isfinite(decoder["adam_cost"])
     table = (tmp_path / "jiio_ideas_table.md").read_text()
     assert "Barzilai-Borwein x step" in table and "heavy ball 0.3" in table
+    assert "block scaling: x block x3" in table and "exact L-BFGS" in table
     # The report part alone reproduces the table from the JSON.
     ideas.main(["--report_only", "--out", str(tmp_path)])
     assert (tmp_path / "jiio_ideas_table.md").read_text() == table
