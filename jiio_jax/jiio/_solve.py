@@ -182,11 +182,11 @@ class JIIO:
       start: ``"given"`` (default, the reference: iterate from ``(z0, Pi(x0), mu0)``) or
         ``"equilibrium"``: from ``(z*(x0), Pi(x0), mu0)`` with ``z*`` the start solve of
         ``no_worse_than_start`` and ``mu0`` (if not given) ``= grad_z C(z*, x0)``. Measured
-        (``experiments/results/jiio_ideas.md``): on the trained 256-d ``tanh`` decoder it
-        helps short runs (cost at T = 15 3.66 vs 4.26, T = 20 2.33 vs 2.58, T = 30 1.65 vs
-        1.64), but it weakens attacks (dense digits classifier, L2 eps 0.5, T = 30: CE 2.61 vs
-        2.645 with the plain iteration, 0.40 vs 2.30 with Anderson at step 0.1 eps) and on an
-        MDEQ generator it helps only a model trained with it; hence opt-in.
+        (``experiments/results/jiio_ideas.md``): it helps short runs only on models trained
+        with it (a 256-d ``tanh`` decoder: cost at T = 15 3.66 vs 4.26, T = 20 2.33 vs 2.58;
+        on decoders trained from the given start it is worse, 8.49 vs 4.43 at T = 15), and it
+        weakens attacks (dense digits classifier, L2 eps 0.5, T = 30: CE 2.61 vs 2.645 with
+        the plain iteration, 0.40 vs 2.30 with Anderson at step 0.1 eps); hence opt-in.
     """
 
     step_size: Any
