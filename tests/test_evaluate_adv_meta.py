@@ -235,7 +235,8 @@ def test_meta_and_meta_timing(meta_run, tmp_path):
     check_timing(t, budgets, repeats=2)
     assert t["task"] == "meta" and t["baseline"]["name"] == "projected_adam"
     assert t["baseline"]["steps"] == config.model.adam.num_steps
-    # At the configured budget the solver is the one `meta` ran: same support loss.
+    assert t["configured_jiio_steps"] == config.model.jiio.max_steps
+    assert t["meta_test_jiio_steps"] == 5
     configured = t["jiio"][str(config.model.jiio.max_steps)]
     assert configured["support_loss_own"] > 0 and configured["quality"] > 0
 

@@ -523,7 +523,8 @@ def _meta(config, params, options, budgets, batch_size) -> dict[str, Any]:
     rows = {str(k): summary(f"jiio{k}") for k in budgets}
     return {
         "batch_size": int(s_lab.shape[0]),
-        "configured_jiio_steps": configured,
+        "configured_jiio_steps": configured,  # training's (model.jiio.max_steps)
+        "meta_test_jiio_steps": base_task.eval_jiio.max_steps,  # config.eval.jiio_steps
         "quality_measure": (
             "mean support cross-entropy at the support equilibria re-solved from z=0 with the "
             "adapted context (lower is better); support_loss_own is each solver's own value "
