@@ -42,7 +42,10 @@ Projected Adam's inner loop takes 4.1x JIIO-60's time; at equal support loss
 JIIO for 80 steps (``config.eval.jiio_steps = 80``; training stays at 60): on the same two
 checkpoints JIIO-80 scores 45.3 +- 1.5% (seed 0) and 46.5 +- 1.5% (seed 1) against projected
 Adam's 47.2 / 44.7%, whose inner loop takes 3.27x / 3.54x JIIO-80's time. The accuracies above
-are at 60 steps (the meta-test budget before 2026-12-07). Earlier the same day,
+are at 60 steps (the meta-test budget before 2026-12-07). With meta-testing at 80 the first
+command took 5m05s later that day (idle, but this machine ran everything ~25% slower that
+afternoon) and ended with JIIO 45.6% vs projected Adam 47.5% on the 200 in-loop episodes
+(support loss 0.930 vs 0.971). Earlier the same day,
 before a rounding-level change to Type-I Anderson: 7.6 minutes on a shared machine, 1 step
 skipped (a failed adjoint solve; ``config.max_skipped_steps``), 44.4 +- 1.5% (JIIO) and
 44.9 +- 1.4% (projected Adam), JIIO-60 at 1/3.3 of projected Adam's time. The table below is older.
