@@ -146,27 +146,30 @@ def measure_decoder(cfg: IdeasConfig, params, batches) -> dict:
             )
         )(ys)
     )
-    rows, timed = {}, {}
-    for name, changes in VARIANTS.items():
-        rows[name] = {}
+
+    def jiio_builder(changes):
         scales = {k: changes.get(k, 1.0) for k in SCALES}
-        changes = {k: v for k, v in changes.items() if k not in SCALES}
+        kw = {k: v for k, v in changes.items() if k not in SCALES}
         alpha = cfg.bench.train_alpha * scales["x_scale"] ** 2 / scales["cost_scale"]
-        for t in cfg.steps:
-            kw = {"step_size": alpha, "memory": cfg.bench.memory, **changes}
-            fn = run_jiio(jiio.JIIO(max_steps=t, **kw), **scales)
-            rows[name][t] = scored(fn)
-            if t == cfg.time_steps:
-                jax.block_until_ready(fn(batches[0]))  # compile outside the timing
-                timed[name] = lambda fn=fn: fn(batches[0])
-            print(f"  {name:45s} T={t:3d} cost {rows[name][t]:8.3f}", flush=True)
-    for name, make in (("one-shot L-BFGS", one_shot_lbfgs), ("exact L-BFGS", exact_lbfgs)):
+        kw = {"step_size": alpha, "memory": cfg.bench.memory, **kw}
+        return lambda t: run_jiio(jiio.JIIO(max_steps=t, **kw), **scales)
+
+    def quasi_newton_builder(make):
+        return lambda t: jax.jit(jax.vmap(make(cfg, layer, cost, z0, x0, params, t)))
+
+    # name -> (steps -> jitted ys -> x, the T it is timed at)
+    builders = {name: (jiio_builder(c), cfg.time_steps) for name, c in VARIANTS.items()}
+    builders["one-shot L-BFGS"] = (quasi_newton_builder(one_shot_lbfgs), cfg.time_steps)
+    builders["exact L-BFGS"] = (quasi_newton_builder(exact_lbfgs), cfg.lbfgs_time_steps)
+    assert set(builders) == set(VARIANTS) | set(QUASI_NEWTON)
+    rows, timed = {}, {}
+    for name, (build, time_at) in builders.items():
         rows[name] = {}
         for t in cfg.steps:
-            fn = jax.jit(jax.vmap(make(cfg, layer, cost, z0, x0, params, t)))
+            fn = build(t)
             rows[name][t] = scored(fn)
-            if t == (cfg.lbfgs_time_steps if name == "exact L-BFGS" else cfg.time_steps):
-                jax.block_until_ready(fn(batches[0]))
+            if t == time_at:
+                jax.block_until_ready(fn(batches[0]))  # compile outside the timing
                 timed[name] = lambda fn=fn: fn(batches[0])
             print(f"  {name:45s} T={t:3d} cost {rows[name][t]:8.3f}", flush=True)
     jax.block_until_ready(adam(batches[0]))
@@ -289,7 +292,7 @@ def measure(cfg: IdeasConfig, command: str) -> dict:
 def report(results: dict) -> str:
     steps = results["steps"]
     adam = results["adam"]
-    adam_steps = adam["steps"]
+    adam_row = f"cold Adam-{adam['steps']}"  # its timing row (measure_decoder)
     lines = [
         "# JIIO variants on trained dense decoders (issue 14: fewer steps)",
         "",
@@ -319,7 +322,7 @@ def report(results: dict) -> str:
             "",
             f"## Decoder {label}: final train loss {d['train_loss']:.2f}, cost at x = 0 "
             f"{d['initial_cost']:.1f}, Adam-{adam['steps']} {target:.3g} in "
-            f"{_fmt_ms(d['time_ms'].get(f'cold Adam-{adam_steps}'))} ms",
+            f"{_fmt_ms(d['time_ms'].get(adam_row))} ms",
             "",
             markdown_table(
                 ["variant", "changes", *[f"T = {t}" for t in steps], "ms / batch"], rows
