@@ -56,3 +56,33 @@ def test_quick_run_writes_table(bench, tmp_path):
         ms = results[model]["ms_per_step"]
         assert set(ms) == {"bare", "jiio_none", "jiio_m2"}
         assert all(np.isfinite(v) and v > 0 for v in ms.values())
+
+
+@pytest.mark.slow
+def test_workdir_adds_the_trained_runs_problem(bench, tmp_path):
+    """``--workdir``: a trained generative run's inner problem gets its own rows; a run of
+    another task is refused with a message naming the flag."""
+    import helpers
+
+    from jiio_jax.train import train_and_evaluate
+
+    config = helpers.load_config("digits_gen", "small")
+    config.update(num_train_steps=1)
+    config.model.jac_weight = 0.0
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(config, workdir)
+
+    results = bench.main(["--quick", "--workdir", workdir, "--out", str(tmp_path)])
+    trained = results["trained"]
+    assert trained["workdir"] == workdir and trained["batch"] == 2 and trained["steps"] == 3
+    assert set(trained["ms_per_step"]) == {"bare", "jiio_none", "jiio_m2"}
+    assert all(np.isfinite(v) and v > 0 for v in trained["ms_per_step"].values())
+    text = (tmp_path / "jiio_step_cost_table.md").read_text()
+    assert f"trained run `{workdir}` (batch 2, T=3)" in text
+
+    meta = helpers.load_config("digits_meta", "small")
+    meta.update(num_train_steps=1)
+    meta_dir = str(tmp_path / "meta")
+    train_and_evaluate(meta, meta_dir)
+    with pytest.raises(SystemExit, match="--workdir: .* is a 'meta' run"):
+        bench.trained_problem(meta_dir, 2)

@@ -13,7 +13,9 @@ Both programs run ``T`` steps in a ``lax.fori_loop``, ``jax.vmap``-ed over a bat
 Models: (a) the dense ``tanh`` decoder of ``jiio_vs_inner_loops.py`` (256-d state, 16-d latent,
 64 output pixels; random init rescaled to ``||W||_2 = 0.9``: the step cost of a fixed-length
 loop does not depend on the parameter values), batch 64, T = 40; (b) the MDEQ generator of its
-section (c) (branches (16, 32), 8x8 digits), untrained init, batch 32, T = 20.
+section (c) (branches (16, 32), 8x8 digits), untrained init, batch 32, T = 20; (c) with
+``--workdir W``, also a trained generative run's own inner problem (its decoder, its first 100
+test images, T = 40; e.g. the README's main job).
 
 Timing: ``jiio_jax.evaluation.clock`` (compile excluded, one warm-up call, ``--repeats``
 interleaved rounds); the report gives the median and the minimum over rounds (on a shared,
@@ -24,6 +26,7 @@ alone (``experiments/results/jiio_step_cost.md`` is the written-up result).
 Usage:
   /work/venv/bin/python experiments/benchmarks/jiio_step_cost.py
   /work/venv/bin/python experiments/benchmarks/jiio_step_cost.py --quick --out /tmp/x
+  /work/venv/bin/python experiments/benchmarks/jiio_step_cost.py --workdir /tmp/digits_gen
   /work/venv/bin/python experiments/benchmarks/jiio_step_cost.py --report_only
 """
 
@@ -60,6 +63,9 @@ class StepCostConfig:
     mdeq_batch: int = 32
     mdeq_steps: int = 20
     memories: tuple = (5, 10)
+    # --workdir: a trained generative run's own inner problem, on its first test images.
+    trained_batch: int = 100
+    trained_steps: int = 40
     repeats: int = 9
     marginal: bool = False  # cost per step from T and 2T (see step_costs)
     seed: int = 0
@@ -75,6 +81,8 @@ class StepCostConfig:
             mdeq_batch=2,
             mdeq_steps=3,
             memories=(2,),
+            trained_batch=2,
+            trained_steps=3,
             repeats=1,
         )
 
@@ -163,7 +171,42 @@ def step_costs(
     }
 
 
-def measure(cfg: StepCostConfig, command: str) -> dict[str, Any]:
+def trained_problem(workdir: str, batch: int):
+    """A trained generative run's inner problem (its decoder, its first ``batch`` test images)
+    as ``((layer, cost, z0, x0), params, targets)`` for :func:`step_costs`; ``layer`` and
+    ``cost`` take ``(z, x, decoder_params, image)``."""
+    from jiio_jax.evaluation.robustness import load_test_split
+    from jiio_jax.tasks import get_task
+    from jiio_jax.train.checkpoint import load_state
+    from jiio_jax.train.record import evaluation_config
+
+    config = evaluation_config(workdir)
+    if config.task != "generative":
+        raise SystemExit(
+            f"--workdir: {workdir} is a {config.task!r} run; the step cost is measured on a "
+            "generative run's inner problem (e.g. configs/digits_gen.py)."
+        )
+    task = get_task(config.task)(config)
+    decoder = load_state(workdir)["params"]["decoder"]
+    images, _ = load_test_split(config, batch)
+    targets = jnp.asarray(images)
+
+    def problem(p, target):
+        return task.inner_problem({"decoder": p}, {"image": target})
+
+    def layer(z, x, p, target):
+        pr = problem(p, target)
+        return pr.f(z, x, *pr.args)
+
+    def cost(z, x, p, target):
+        pr = problem(p, target)
+        return pr.cost(z, x, *pr.args)
+
+    one = problem(decoder, targets[0])
+    return (layer, cost, one.z0, one.x0), decoder, targets
+
+
+def measure(cfg: StepCostConfig, command: str, workdir: str | None = None) -> dict[str, Any]:
     images, *_ = inner.load_data(cfg.seed)
     icfg = dataclasses.replace(
         inner.BenchConfig(), hidden=cfg.hidden, latent=cfg.latent, mdeq_channels=cfg.mdeq_channels
@@ -189,6 +232,13 @@ def measure(cfg: StepCostConfig, command: str) -> dict[str, Any]:
     results["mdeq"] = step_costs(
         mdeq, params, targets, cfg.mdeq_steps, cfg.memories, cfg.repeats, cfg.marginal
     )
+    if workdir:
+        problem, params, targets = trained_problem(workdir, cfg.trained_batch)
+        print(f"trained run {workdir}:", flush=True)
+        results["trained"] = step_costs(
+            problem, params, targets, cfg.trained_steps, cfg.memories, cfg.repeats, cfg.marginal
+        )
+        results["trained"]["workdir"] = workdir
     results["load_average_end"] = os.getloadavg()
     return results
 
@@ -196,7 +246,10 @@ def measure(cfg: StepCostConfig, command: str) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> str:
     cfg = results["config"]
     rows = []
-    for key, label in (("dense", "dense decoder"), ("mdeq", "MDEQ generator")):
+    sections = [("dense", "dense decoder"), ("mdeq", "MDEQ generator")]
+    if "trained" in results:
+        sections.append(("trained", f"trained run `{results['trained']['workdir']}`"))
+    for key, label in sections:
         r = results[key]
         ms, ms_min = r["ms_per_step"], r["ms_per_step_min"]
         for name, t in ms.items():
@@ -246,6 +299,11 @@ def main(argv=None) -> dict:
         action="store_true",
         help="cost per step as (t(2T) - t(T)) / T, without what a solve costs once",
     )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="also a trained generative run's inner problem (its decoder, test images)",
+    )
     common.add_report_only_flag(parser)
     args = parser.parse_args(argv)
     stem = "jiio_step_cost_marginal" if args.marginal else "jiio_step_cost"
@@ -259,7 +317,7 @@ def main(argv=None) -> dict:
         cfg = dataclasses.replace(cfg, marginal=args.marginal)
         flags = sys.argv[1:] if argv is None else list(argv)
         command = " ".join(["python", "experiments/benchmarks/jiio_step_cost.py", *flags])
-        results = common.save_results(path, measure(cfg, command))
+        results = common.save_results(path, measure(cfg, command, args.workdir))
     text = report(results)
     with open(os.path.join(args.out, stem + "_table.md"), "w", encoding="utf-8") as fh:
         fh.write(text)
