@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -135,6 +136,42 @@ def test_one_device_matches_four(reference, tmp_path):
     losses = [r["loss"] for r in _records(str(tmp_path)) if r["split"] == "train"]
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert final["eval/psnr"] == pytest.approx(ref_final["eval/psnr"], rel=1e-5)
+
+
+def test_evaluation_programs_compile_while_training(tmp_path, monkeypatch):
+    """The evaluation's programs compile on a second thread during training, so the first
+    evaluation compiles nothing on the main thread; its results are those of every run."""
+    from jax import monitoring
+
+    from jiio_jax.train import loop
+
+    compiles, evaluating = [], threading.Event()
+
+    def listener(event, secs, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append((threading.current_thread().name, evaluating.is_set()))
+
+    evaluate = loop._evaluate
+
+    def watched(*args, **kwargs):
+        evaluating.set()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            evaluating.clear()
+
+    monkeypatch.setattr(loop, "_evaluate", watched)
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        final = train_and_evaluate(toy_config(num_train_steps=4, eval_every=2), str(tmp_path))
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert np.isfinite(final["eval/mse"])
+    # eval_step and images: compiled ahead, on the second thread.
+    assert [c for c in compiles if c[0] == "compile-evaluation"] == [
+        ("compile-evaluation", False)
+    ] * 2, compiles
+    assert not [c for c in compiles if c[1]], compiles
 
 
 def test_nan_loss_stops_before_saving(tmp_path):
