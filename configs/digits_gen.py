@@ -29,9 +29,9 @@ Data: none to prepare: the 1797 digits ship with scikit-learn (1497 train, 300 t
 Expected result (measured 2026-12-07 through ``experiments/train.py``; see
 ``experiments/results/generative.md``): held-out reconstruction PSNR 21.1 / 22.6 / 22.75 dB at
 steps 200 / 400 / 600 (all 300 test digits, per image, [0, 1] scale), 3 min 34 s wall on 2 idle
-cores, first step (compile + run) 43 s, beside which the evaluation programs compile. The final PSNR spreads by about 0.5 dB: 22.54 and
-22.85 dB with ``--config.seed=1`` / ``2``; the previous release, whose Anderson differs from
-this one only in rounding, gave 22.26 / 22.91 / 22.48 dB for seeds 0 / 1 / 2. 23.0 dB with
+cores, first step (compile + run) 43 s, beside which the evaluation programs compile. The
+final PSNR spreads by about 0.5 dB: 22.54 and 22.85 dB with ``--config.seed=1`` / ``2``; the
+previous release, whose Anderson differs from this one only in rounding, gave 22.26 / 22.91 / 22.48 dB for seeds 0 / 1 / 2. 23.0 dB with
 ``--config.num_train_steps=800`` (earlier release).
 Reconstructions (``images/reconstruction_*.png``: target | reconstruction) are close to the inputs;
 samples (``images/samples_*.png``, a Gaussian fitted to the latents of an eval batch of 100)
