@@ -31,8 +31,8 @@ Expected result (measured 2026-12-07 through ``experiments/train.py``; see
 steps 200 / 400 / 600 (all 300 test digits, per image, [0, 1] scale), 3 min 34 s wall on 2 idle
 cores, first step (compile + run) 43 s, beside which the evaluation programs compile. The
 final PSNR spreads by about 0.5 dB: 22.54 and 22.85 dB with ``--config.seed=1`` / ``2``; the
-previous release, whose Anderson differs from this one only in rounding, gave 22.26 / 22.91 / 22.48 dB for seeds 0 / 1 / 2. 23.0 dB with
-``--config.num_train_steps=800`` (earlier release).
+previous release, whose Anderson differs from this one only in rounding, gave 22.26 / 22.91 /
+22.48 dB for seeds 0 / 1 / 2. 23.0 dB with ``--config.num_train_steps=800`` (earlier release).
 Reconstructions (``images/reconstruction_*.png``: target | reconstruction) are close to the inputs;
 samples (``images/samples_*.png``, a Gaussian fitted to the latents of an eval batch of 100)
 are mostly recognisable but blurrier digits.
