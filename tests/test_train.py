@@ -174,6 +174,42 @@ def test_evaluation_programs_compile_while_training(tmp_path, monkeypatch):
     assert not [c for c in compiles if c[1]], compiles
 
 
+_FAIL_WHILE_COMPILING = """
+import sys
+import jax, jax.numpy as jnp
+from jiio_jax.train import loop, train_and_evaluate
+from train_toy import toy_config
+
+def slow_to_compile(*args, **kwargs):  # stands in for a large model's evaluation programs
+    def body(x):
+        for i in range(400):
+            x = jnp.tanh(x @ x.T @ x + i)
+        return x.sum()
+    return [(jax.jit(body), (jnp.ones((64, 64)),))]
+
+loop._eval_programs = slow_to_compile
+config = toy_config(num_train_steps=4, log_every=1, eval_every=4)
+config.max_skipped_steps = 0
+config.toy.nan_at_step = 0
+train_and_evaluate(config, sys.argv[1])
+"""
+
+
+def test_a_run_failing_while_the_evaluation_compiles_exits_cleanly(tmp_path):
+    """The run raises in its first steps, while the evaluation still compiles on the second
+    thread: the process ends with the error (exit status 1), not an abort (SIGABRT, 134)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FAIL_WHILE_COMPILING, str(tmp_path)],
+        cwd=os.path.join(REPO, "tests"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("FloatingPointError"), proc.stderr
+    assert "terminate called" not in proc.stderr
+
+
 def test_nan_loss_stops_before_saving(tmp_path):
     # The loss is NaN from state.step 2 on, i.e. for train step 3; checkpoints every 2 steps.
     config = toy_config(num_train_steps=8, log_every=5, checkpoint_every=2, eval_every=8)

@@ -515,6 +515,7 @@ def train_and_evaluate(
         workdir, every=config.checkpoint_every, keep=config.keep_checkpoints
     )
     writer = None
+    compiling_eval = None  # The thread compiling the evaluation ahead (_compile_ahead).
     with jax.set_mesh(mesh):
         try:
             # -- State: fresh (created sharded) or resumed with the data position ------------
@@ -556,8 +557,6 @@ def train_and_evaluate(
                 purge_step=initial_step + 1,
             )
             writer.write_hparams(flatten_config(config.to_dict()))
-
-            compiling_eval = None
 
             def run_eval(step: int) -> dict[str, float]:
                 t0 = time.perf_counter()
@@ -669,6 +668,10 @@ def train_and_evaluate(
                 )
             return final
         finally:
+            # A process that exits while XLA compiles on another thread aborts (SIGABRT, no
+            # message): wait for it, also when raising.
+            if compiling_eval is not None:
+                compiling_eval.join()
             # Let in-flight (already verified) saves finalize, also when raising.
             manager.wait_until_finished()
             manager.close()
