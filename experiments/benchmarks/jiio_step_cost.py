@@ -189,21 +189,8 @@ def trained_problem(workdir: str, batch: int):
     task = get_task(config.task)(config)
     decoder = load_state(workdir)["params"]["decoder"]
     images, _ = load_test_split(config, batch)
-    targets = jnp.asarray(images)
-
-    def problem(p, target):
-        return task.inner_problem({"decoder": p}, {"image": target})
-
-    def layer(z, x, p, target):
-        pr = problem(p, target)
-        return pr.f(z, x, *pr.args)
-
-    def cost(z, x, p, target):
-        pr = problem(p, target)
-        return pr.cost(z, x, *pr.args)
-
-    one = problem(decoder, targets[0])
-    return (layer, cost, one.z0, one.x0), decoder, targets
+    # The same (z, x, p, target) form as section (b)'s untrained MDEQ generator.
+    return inner.mdeq_problem(task, decoder), decoder, jnp.asarray(images)
 
 
 def measure(cfg: StepCostConfig, command: str, workdir: str | None = None) -> dict[str, Any]:
